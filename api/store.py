@@ -1,0 +1,269 @@
+"""Where ingresses live: a small storage interface and its SQLite implementation.
+
+Callers (the control API and the ingest sessions) see only `IngressStore`, so a
+Redis store for several nodes can replace SQLite without touching them.
+
+Config and state are kept apart: `put()` writes what a user configured and never
+touches the state, `update_state()` writes the state and never touches the config.
+So an UpdateIngress racing a session that reports PUBLISHING cannot undo either.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import outcome
+import trio
+from livekit.protocol import ingress as pb
+
+
+class StoreConflict(Exception):
+    """The ingress id or the stream key is already taken."""
+
+
+class IngressStore(Protocol):
+    async def create(self, info: pb.IngressInfo) -> None:
+        """Insert a new ingress; StoreConflict if its id or stream key exists."""
+
+    async def get(self, ingress_id: str) -> pb.IngressInfo | None: ...
+
+    async def get_by_stream_key(self, stream_key: str) -> pb.IngressInfo | None: ...
+
+    async def list(self, room_name: str | None = None) -> list[pb.IngressInfo]:
+        """All ingresses, or those of one room, oldest first."""
+
+    async def put(self, info: pb.IngressInfo) -> bool:
+        """Replace the configuration of an existing ingress (its state is kept).
+
+        False when the ingress no longer exists.
+        """
+
+    async def update_state(self, ingress_id: str, state: pb.IngressState) -> bool:
+        """Replace the state unless it is older (smaller started_at) than the stored one.
+
+        False when refused or when the ingress no longer exists.
+        """
+
+    async def delete(self, ingress_id: str) -> pb.IngressInfo | None:
+        """Remove and return the ingress, None if it did not exist."""
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ingress (
+    ingress_id TEXT PRIMARY KEY,
+    stream_key TEXT UNIQUE,
+    room_name  TEXT NOT NULL,
+    created    INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    info       BLOB NOT NULL,
+    state      BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ingress_by_room ON ingress (room_name, created);
+CREATE INDEX IF NOT EXISTS ingress_by_created ON ingress (created);
+"""
+
+_COLUMNS = "info, state"
+_BATCH = 512
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+def _merge(row: tuple[bytes, bytes]) -> pb.IngressInfo:
+    info = pb.IngressInfo.FromString(row[0])
+    info.state.ParseFromString(row[1])
+    return info
+
+
+def _split(info: pb.IngressInfo) -> tuple[bytes, bytes]:
+    """Config blob (state cleared) and state blob."""
+    config = pb.IngressInfo()
+    config.CopyFrom(info)
+    config.ClearField("state")
+    return config.SerializeToString(), info.state.SerializeToString()
+
+
+@dataclass
+class _Write:
+    apply: Callable[[sqlite3.Connection], Any]
+    done: trio.Event = field(default_factory=trio.Event)
+    result: outcome.Outcome | None = None
+
+
+class SqliteIngressStore:
+    """SQLite in WAL mode with `synchronous=FULL`: an acknowledged write is on disk.
+
+    Every write goes through one writer task that commits whatever writes are
+    waiting in a single transaction (group commit): one fsync serves many
+    concurrent API calls, which is what lets durable creates reach thousands per
+    second. Reads run in worker threads on their own connections, which WAL lets
+    proceed while a write commits.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._send, self._receive = trio.open_memory_channel[_Write](_BATCH * 4)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._writer = _connect(path)
+        self._writer.execute("PRAGMA journal_mode = WAL")
+        self._writer.execute("PRAGMA synchronous = FULL")
+        self._writer.executescript(_SCHEMA)
+
+    # -- plumbing -------------------------------------------------------------------
+
+    async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                         ) -> None:
+        task_status.started()
+        async with self._receive:
+            async for first in self._receive:
+                batch = [first]
+                while len(batch) < _BATCH:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await trio.to_thread.run_sync(self._commit, batch)
+                for write in batch:
+                    write.done.set()
+
+    def _commit(self, batch: list[_Write]) -> None:
+        conn = self._writer
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for write in batch:
+                conn.execute("SAVEPOINT w")
+                write.result = outcome.capture(write.apply, conn)
+                if isinstance(write.result, outcome.Error):
+                    conn.execute("ROLLBACK TO w")
+                conn.execute("RELEASE w")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for write in batch:
+                write.result = outcome.Error(exc)
+
+    async def _write(self, apply: Callable[[sqlite3.Connection], Any]) -> Any:
+        write = _Write(apply)
+        await self._send.send(write)
+        await write.done.wait()
+        assert write.result is not None
+        return write.result.unwrap()
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = _connect(self._path)
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    async def _read(self, sql: str, args: tuple[Any, ...]) -> list[pb.IngressInfo]:
+        def run() -> list[pb.IngressInfo]:
+            rows = self._reader().execute(sql, args).fetchall()
+            return [_merge(row) for row in rows]
+
+        return await trio.to_thread.run_sync(run)
+
+    def close(self) -> None:
+        self._writer.close()
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+    # -- IngressStore ---------------------------------------------------------------
+
+    async def create(self, info: pb.IngressInfo) -> None:
+        config, state = _split(info)
+
+        def apply(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    "INSERT INTO ingress (ingress_id, stream_key, room_name, created, started_at,"
+                    " info, state) VALUES (?, ?, ?, (SELECT coalesce(max(created), 0) + 1"
+                    " FROM ingress), ?, ?, ?)",
+                    (info.ingress_id, info.stream_key or None, info.room_name,
+                     info.state.started_at, config, state),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise StoreConflict(str(exc)) from None
+
+        await self._write(apply)
+
+    async def get(self, ingress_id: str) -> pb.IngressInfo | None:
+        rows = await self._read(
+            f"SELECT {_COLUMNS} FROM ingress WHERE ingress_id = ?", (ingress_id,))
+        return rows[0] if rows else None
+
+    async def get_by_stream_key(self, stream_key: str) -> pb.IngressInfo | None:
+        rows = await self._read(
+            f"SELECT {_COLUMNS} FROM ingress WHERE stream_key = ?", (stream_key,))
+        return rows[0] if rows else None
+
+    async def list(self, room_name: str | None = None) -> list[pb.IngressInfo]:
+        if room_name is None:
+            return await self._read(f"SELECT {_COLUMNS} FROM ingress ORDER BY created", ())
+        return await self._read(
+            f"SELECT {_COLUMNS} FROM ingress WHERE room_name = ? ORDER BY created", (room_name,))
+
+    async def put(self, info: pb.IngressInfo) -> bool:
+        config, _ = _split(info)
+
+        def apply(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE ingress SET room_name = ?, info = ? WHERE ingress_id = ?",
+                (info.room_name, config, info.ingress_id),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(apply)
+
+    async def update_state(self, ingress_id: str, state: pb.IngressState) -> bool:
+        blob = state.SerializeToString()
+
+        def apply(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE ingress SET state = ?, started_at = ?"
+                " WHERE ingress_id = ? AND started_at <= ?",
+                (blob, state.started_at, ingress_id, state.started_at),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(apply)
+
+    async def delete(self, ingress_id: str) -> pb.IngressInfo | None:
+        def apply(conn: sqlite3.Connection) -> pb.IngressInfo | None:
+            row = conn.execute(
+                f"DELETE FROM ingress WHERE ingress_id = ? RETURNING {_COLUMNS}", (ingress_id,)
+            ).fetchone()
+            return _merge(row) if row else None
+
+        return await self._write(apply)
+
+
+@asynccontextmanager
+async def open_sqlite_store(path: Path) -> AsyncIterator[SqliteIngressStore]:
+    """Open (creating if needed) the store at `path`, with its writer task running."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = await trio.to_thread.run_sync(SqliteIngressStore, path)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run_writer)
+            try:
+                yield store
+            finally:
+                store._send.close()
+    finally:
+        store.close()
