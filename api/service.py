@@ -1,0 +1,178 @@
+"""The four Ingress RPCs as plain async methods: rules of REFERENCE §2-§4, no HTTP.
+
+The HTTP binding (api/twirp.py) decodes requests and calls these; ingest sessions
+reach the same store through `IngressStore`. Live sessions are ended through the
+`SessionControl` the service is given, so delete and update end them in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from livekit.protocol import ingress as pb
+
+from . import ids
+from .errors import TwirpError, invalid_argument
+from .store import IngressStore, StoreConflict
+from .validation import validate_create, validate_info
+
+log = logging.getLogger(__name__)
+
+NOT_FOUND = "ingress does not exist"
+NOT_REUSABLE = "ingress is not reusable and cannot be modified"
+ACTIVE = (pb.IngressState.ENDPOINT_BUFFERING, pb.IngressState.ENDPOINT_PUBLISHING)
+
+
+class SessionControl(Protocol):
+    def stop(self, ingress_id: str, reason: str) -> bool:
+        """End the live session of this ingress, if any; True if one was running."""
+
+
+class NoSessions:
+    """SessionControl for a node that runs no ingest sessions (API-only use, tests)."""
+
+    def stop(self, ingress_id: str, reason: str) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class EndpointUrls:
+    """Base URLs handed out in IngressInfo.url for push inputs."""
+
+    rtmp: str
+    whip: str
+
+
+class IngressService:
+    """CreateIngress / UpdateIngress / ListIngress / DeleteIngress."""
+
+    IDEMPOTENCY_ENTRIES = 4096
+
+    def __init__(
+        self,
+        store: IngressStore,
+        urls: EndpointUrls,
+        sessions: SessionControl | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._store = store
+        self._urls = urls
+        self._sessions = sessions or NoSessions()
+        self._clock_ns = clock_ns
+        # livekit-api retries a create that failed in transit with the same request id;
+        # answering the retry with the ingress already made avoids a duplicate.
+        self._created_by_request: OrderedDict[str, str] = OrderedDict()
+
+    async def create(self, req: pb.CreateIngressRequest, request_id: str = "") -> pb.IngressInfo:
+        if request_id and request_id in self._created_by_request:
+            existing = await self._store.get(self._created_by_request[request_id])
+            if existing is not None:
+                return existing
+        validate_create(req)
+        info = self._new_info(req)
+        validate_info(info)
+        for _ in range(8):
+            try:
+                await self._store.create(info)
+                break
+            except StoreConflict:
+                # 57**12 makes this astronomically rare, but a unique index is the law.
+                info.ingress_id = ids.new_ingress_id()
+                if info.stream_key:
+                    info.stream_key = ids.new_stream_key()
+        else:
+            raise TwirpError("internal", "could not allocate a unique ingress id")
+        if request_id:
+            self._created_by_request[request_id] = info.ingress_id
+            while len(self._created_by_request) > self.IDEMPOTENCY_ENTRIES:
+                self._created_by_request.popitem(last=False)
+        log.info("created ingress %s (%s) room=%r", info.ingress_id,
+                 pb.IngressInput.Name(info.input_type), info.room_name)
+        return info
+
+    def _new_info(self, req: pb.CreateIngressRequest) -> pb.IngressInfo:
+        info = pb.IngressInfo(
+            ingress_id=ids.new_ingress_id(),
+            name=req.name,
+            input_type=req.input_type,
+            bypass_transcoding=req.bypass_transcoding,
+            room_name=req.room_name,
+            participant_identity=req.participant_identity,
+            participant_name=req.participant_name,
+            participant_metadata=req.participant_metadata,
+            reusable=req.input_type != pb.IngressInput.URL_INPUT,
+            state=pb.IngressState(status=pb.IngressState.ENDPOINT_INACTIVE,
+                                  updated_at=self._clock_ns()),
+        )
+        if req.input_type == pb.IngressInput.RTMP_INPUT:
+            info.stream_key = ids.new_stream_key()
+            info.url = self._urls.rtmp
+        elif req.input_type == pb.IngressInput.WHIP_INPUT:
+            info.stream_key = ids.new_stream_key()
+            info.url = self._urls.whip
+        else:
+            info.url = req.url
+        for name in ("enable_transcoding", "enabled", "audio", "video"):
+            if req.HasField(name):
+                if name in ("audio", "video"):
+                    getattr(info, name).CopyFrom(getattr(req, name))
+                else:
+                    setattr(info, name, getattr(req, name))
+        return info
+
+    async def update(self, req: pb.UpdateIngressRequest) -> pb.IngressInfo:
+        info = await self._store.get(req.ingress_id)
+        if info is None:
+            raise TwirpError("not_found", NOT_FOUND)
+        if info.input_type == pb.IngressInput.URL_INPUT or not info.reusable:
+            raise invalid_argument(NOT_REUSABLE)
+        for name in ("name", "room_name", "participant_identity", "participant_name",
+                     "participant_metadata"):
+            value = getattr(req, name)
+            if value:
+                setattr(info, name, value)
+        for name in ("bypass_transcoding", "enable_transcoding", "enabled"):
+            if req.HasField(name):
+                setattr(info, name, getattr(req, name))
+        for name in ("audio", "video"):
+            if req.HasField(name):
+                getattr(info, name).CopyFrom(getattr(req, name))
+        validate_info(info)
+        if not await self._store.put(info):
+            raise TwirpError("not_found", NOT_FOUND)
+        if info.state.status in ACTIVE:
+            self._sessions.stop(info.ingress_id, "ingress updated")
+        elif info.state.status == pb.IngressState.ENDPOINT_ERROR:
+            state = pb.IngressState()
+            state.CopyFrom(info.state)
+            state.status = pb.IngressState.ENDPOINT_INACTIVE
+            state.error = ""
+            state.updated_at = self._clock_ns()
+            if await self._store.update_state(info.ingress_id, state):
+                info.state.CopyFrom(state)
+        log.info("updated ingress %s", info.ingress_id)
+        return info
+
+    async def list(self, req: pb.ListIngressRequest) -> pb.ListIngressResponse:
+        if req.ingress_id:
+            info = await self._store.get(req.ingress_id)
+            if info is None:
+                raise TwirpError("not_found", NOT_FOUND)
+            items = [info]
+        else:
+            items = await self._store.list(req.room_name or None)
+        return pb.ListIngressResponse(items=items)
+
+    async def delete(self, req: pb.DeleteIngressRequest) -> pb.IngressInfo:
+        info = await self._store.delete(req.ingress_id)
+        if info is None:
+            raise TwirpError("not_found", NOT_FOUND)
+        self._sessions.stop(info.ingress_id, "ingress deleted")
+        info.state.status = pb.IngressState.ENDPOINT_INACTIVE
+        log.info("deleted ingress %s", info.ingress_id)
+        return info

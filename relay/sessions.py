@@ -1,0 +1,67 @@
+"""The live ingest sessions of this node, each owned by a trio cancel scope.
+
+Whatever ends a session (DeleteIngress, UpdateIngress, the source disconnecting,
+an error, a takeover by a new publisher) ends it by cancelling its scope, so its
+cleanup runs in exactly one place: the session's own `finally`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LiveSession:
+    ingress_id: str
+    resource_id: str
+    cancel_scope: trio.CancelScope
+    stop_reason: str = field(default="")
+
+
+class SessionRegistry:
+    """At most one live session per ingress; a newer one replaces (cancels) the older."""
+
+    def __init__(self) -> None:
+        self._live: dict[str, LiveSession] = {}
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def get(self, ingress_id: str) -> LiveSession | None:
+        return self._live.get(ingress_id)
+
+    @contextmanager
+    def register(self, ingress_id: str, resource_id: str,
+                 cancel_scope: trio.CancelScope) -> Iterator[LiveSession]:
+        """Own the ingress for the duration of the block; an older owner is cancelled."""
+        old = self._live.get(ingress_id)
+        if old is not None:
+            old.stop_reason = f"taken over by {resource_id}"
+            old.cancel_scope.cancel()
+        session = LiveSession(ingress_id, resource_id, cancel_scope)
+        self._live[ingress_id] = session
+        try:
+            yield session
+        finally:
+            if self._live.get(ingress_id) is session:
+                del self._live[ingress_id]
+
+    def stop(self, ingress_id: str, reason: str) -> bool:
+        session = self._live.get(ingress_id)
+        if session is None:
+            return False
+        log.info("stopping session %s of %s: %s", session.resource_id, ingress_id, reason)
+        session.stop_reason = reason
+        session.cancel_scope.cancel()
+        return True
+
+    def stop_all(self, reason: str) -> None:
+        for ingress_id in list(self._live):
+            self.stop(ingress_id, reason)
