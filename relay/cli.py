@@ -1,0 +1,154 @@
+"""`ingress`: run the service, or drive any LiveKit Ingress API from JSON files.
+
+`ingress serve` runs the service. `ingress create|list|update|delete` are a client
+built on the official `livekit-api` package; they read the same JSON files that
+`lk ingress create ingress.json` reads (snake_case or lowerCamel, enum names or
+numbers), so they work against this service and LiveKit's alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from .config import DEV_API_KEY, DEV_API_SECRET, ConfigError, load_config, log_level
+
+DEFAULT_API_URL = "http://127.0.0.1:8080"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from .server import serve
+
+    try:
+        config = load_config(args.config, dev=args.dev)
+    except ConfigError as exc:
+        print(f"ingress: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=log_level(config),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(2, 15) as signals:  # SIGINT, SIGTERM
+                await nursery.start(serve, config)
+                async for signum in signals:
+                    logging.getLogger("relay").info("signal %d: shutting down", signum)
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(main)
+    except OSError as exc:
+        print(f"ingress: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _read_request(path: str, message: Message) -> Message:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    json_format.Parse(text, message, ignore_unknown_fields=True)
+    return message
+
+
+def _to_json(message: Message) -> str:
+    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2)
+
+
+def _client_args(args: argparse.Namespace) -> tuple[str, str, str]:
+    url = args.url or os.environ.get("INGRESS_URL") or DEFAULT_API_URL
+    key = args.api_key or os.environ.get("LIVEKIT_API_KEY") or (DEV_API_KEY if args.dev else "")
+    secret = (args.api_secret or os.environ.get("LIVEKIT_API_SECRET")
+              or (DEV_API_SECRET if args.dev else ""))
+    if not key or not secret:
+        raise SystemExit("ingress: need --api-key/--api-secret, LIVEKIT_API_KEY/"
+                         "LIVEKIT_API_SECRET, or --dev")
+    return url, key, secret
+
+
+async def _call(args: argparse.Namespace) -> Any:
+    from livekit import api
+    from livekit.protocol import ingress as pb
+
+    url, key, secret = _client_args(args)
+    async with api.LiveKitAPI(url, key, secret) as lkapi:
+        client = lkapi.ingress
+        if args.command == "create":
+            info = await client.create_ingress(_read_request(args.file, pb.CreateIngressRequest()))
+            if info.stream_key:
+                print(f"URL: {info.url}\nStream key: {info.stream_key}", file=sys.stderr)
+            return info
+        if args.command == "update":
+            req = _read_request(args.file, pb.UpdateIngressRequest())
+            if args.id:
+                req.ingress_id = args.id
+            return await client.update_ingress(req)
+        if args.command == "list":
+            return await client.list_ingress(
+                pb.ListIngressRequest(room_name=args.room or "", ingress_id=args.id or ""))
+        return await client.delete_ingress(pb.DeleteIngressRequest(ingress_id=args.id))
+
+
+def _client(args: argparse.Namespace) -> int:
+    from livekit.api.twirp_client import ServerError
+
+    try:
+        result = asyncio.run(_call(args))
+    except ServerError as exc:
+        print(f"ingress: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except (OSError, json_format.ParseError) as exc:
+        print(f"ingress: {exc}", file=sys.stderr)
+        return 1
+    print(_to_json(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ingress", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the ingress service")
+    serve.add_argument("--config", help="YAML config file (default: $INGRESS_CONFIG_FILE)")
+    serve.add_argument("--dev", action="store_true",
+                       help="development mode: key pair devkey/secret, LiveKit on "
+                            "ws://127.0.0.1:7880")
+    serve.set_defaults(func=_serve)
+
+    def client(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--url", help=f"API URL (default: $INGRESS_URL or {DEFAULT_API_URL})")
+        p.add_argument("--api-key")
+        p.add_argument("--api-secret")
+        p.add_argument("--dev", action="store_true", help="use the development key pair")
+        p.set_defaults(func=_client)
+        return p
+
+    client("create", "create an ingress from a JSON file").add_argument(
+        "file", help="CreateIngressRequest as JSON ('-' for stdin)")
+    update = client("update", "update an ingress from a JSON file")
+    update.add_argument("file", help="UpdateIngressRequest as JSON ('-' for stdin)")
+    update.add_argument("--id", help="ingress id (overrides ingress_id in the file)")
+    lst = client("list", "list ingresses")
+    lst.add_argument("--room", help="only this room's ingresses")
+    lst.add_argument("--id", help="only this ingress")
+    client("delete", "delete an ingress").add_argument("id", help="ingress id")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

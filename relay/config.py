@@ -1,0 +1,214 @@
+"""Service configuration: a YAML file (keys of the reference service), env overrides.
+
+Precedence, lowest first: defaults, the YAML file (`--config` or INGRESS_CONFIG_FILE),
+YAML text in INGRESS_CONFIG_BODY, LIVEKIT_API_KEY / LIVEKIT_API_SECRET / LIVEKIT_URL,
+then INGRESS_<KEY> for any top-level scalar key (e.g. INGRESS_HTTP_PORT=9000).
+An unknown key is an error that names it: a typo must not silently become a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEV_API_KEY = "devkey"
+DEV_API_SECRET = "secret"
+DEV_WS_URL = "ws://127.0.0.1:7880"
+
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class RtcConfig:
+    """WebRTC (WHIP) transport settings, as `rtc_config.*` of the reference service."""
+
+    udp_port: int = 0
+    port_range_start: int = 0
+    port_range_end: int = 0
+    node_ip: str = ""
+    use_external_ip: bool = False
+
+
+@dataclass(frozen=True)
+class CpuCostConfig:
+    """Admission control (`cpu_cost.*`): CPU cores a session is expected to use."""
+
+    rtmp_cpu_cost: float = 2.0
+    whip_cpu_cost: float = 2.0
+    whip_bypass_transcoding_cpu_cost: float = 0.1
+    url_cpu_cost: float = 2.0
+    min_idle_ratio: float = 0.05
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    api_key: str = ""
+    api_secret: str = ""
+    ws_url: str = ""
+    bind_address: str = "127.0.0.1"
+    http_port: int = 8080
+    rtmp_port: int = 1935
+    rtmps_port: int = -1
+    rtmps_cert_file: str = ""
+    rtmps_key_file: str = ""
+    health_port: int = 0
+    prometheus_port: int = 0
+    rtmp_base_url: str = ""
+    whip_base_url: str = ""
+    data_dir: str = "data"
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    rtc_config: RtcConfig = field(default_factory=RtcConfig)
+    cpu_cost: CpuCostConfig = field(default_factory=CpuCostConfig)
+    dev: bool = False
+
+    @property
+    def public_host(self) -> str:
+        return "localhost" if self.bind_address in ("0.0.0.0", "::", "") else self.bind_address
+
+    @property
+    def rtmp_url(self) -> str:
+        if self.rtmp_base_url or self.rtmp_port <= 0:
+            return self.rtmp_base_url
+        return f"rtmp://{self.public_host}:{self.rtmp_port}/x"
+
+    @property
+    def whip_url(self) -> str:
+        if self.whip_base_url or self.http_port <= 0:
+            return self.whip_base_url
+        return f"http://{self.public_host}:{self.http_port}/w"
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.data_dir) / "ingress.sqlite3"
+
+
+_NESTED = {"logging": LoggingConfig, "rtc_config": RtcConfig, "cpu_cost": CpuCostConfig}
+_ALIASES = {"whip_port": "http_port"}
+_UNSUPPORTED = {
+    "redis": "redis: not supported yet; this service keeps ingresses in SQLite under data_dir",
+}
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    kind = {"int": int, "float": float, "str": str, "bool": bool}.get(kind, kind)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false",
+                                                        "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if kind is int and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}") from None
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = _ALIASES.get(raw_key, raw_key) if not prefix else raw_key
+        if not prefix and raw_key in _UNSUPPORTED:
+            raise ConfigError(_UNSUPPORTED[raw_key])
+        if key not in fields or key == "dev":
+            raise ConfigError(f"unknown config key: {prefix}{raw_key}")
+        if key in values:
+            raise ConfigError(f"{prefix}{raw_key}: given twice (whip_port is http_port)")
+        if not prefix and key in _NESTED:
+            values[key] = _build(_NESTED[key], value or {}, f"{key}.")
+        else:
+            values[key] = _coerce(prefix + raw_key, value, fields[key].type)
+    return cls(**values)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, dev: bool = False,
+                environ: Mapping[str, str] | None = None) -> Config:
+    """Read the configuration; ConfigError when anything is wrong."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    path = path or env.get("INGRESS_CONFIG_FILE")
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        data.update(_parse_yaml(text, str(path)))
+    if env.get("INGRESS_CONFIG_BODY"):
+        data.update(_parse_yaml(env["INGRESS_CONFIG_BODY"], "INGRESS_CONFIG_BODY"))
+    for name, key in (("LIVEKIT_API_KEY", "api_key"), ("LIVEKIT_API_SECRET", "api_secret"),
+                      ("LIVEKIT_URL", "ws_url")):
+        if env.get(name):
+            data[key] = env[name]
+    scalar = {f.name for f in dataclasses.fields(Config) if f.name not in _NESTED} - {"dev"}
+    for name, value in env.items():
+        if name.startswith("INGRESS_") and name not in ("INGRESS_CONFIG_FILE",
+                                                        "INGRESS_CONFIG_BODY"):
+            key = name[len("INGRESS_"):].lower()
+            if key in scalar:
+                data.pop(next((a for a, k in _ALIASES.items() if k == key), ""), None)
+                data[key] = value
+    config = _build(Config, data)
+    if dev:
+        config = dataclasses.replace(
+            config, dev=True,
+            api_key=config.api_key or DEV_API_KEY,
+            api_secret=config.api_secret or DEV_API_SECRET,
+            ws_url=config.ws_url or DEV_WS_URL,
+        )
+    _check(config)
+    return config
+
+
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of config keys")
+    return data
+
+
+def _check(config: Config) -> None:
+    if not config.api_key or not config.api_secret:
+        raise ConfigError(
+            "api_key and api_secret are required (config file, or LIVEKIT_API_KEY and "
+            "LIVEKIT_API_SECRET); `serve --dev` uses the development key pair"
+        )
+    if config.logging.level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"logging.level: one of {', '.join(LOG_LEVELS)}, "
+                          f"got {config.logging.level!r}")
+    for name in ("http_port", "rtmp_port", "rtmps_port", "health_port", "prometheus_port"):
+        port = getattr(config, name)
+        if not -1 <= port <= 65535:
+            raise ConfigError(f"{name}: {port} is not a port (-1 or 0 turns it off)")
+    if config.rtmps_port > 0 and not (config.rtmps_cert_file and config.rtmps_key_file):
+        raise ConfigError("rtmps_port needs rtmps_cert_file and rtmps_key_file")
+
+
+def log_level(config: Config) -> int:
+    level = config.logging.level.lower()
+    return logging.WARNING if level == "warn" else getattr(logging, level.upper())

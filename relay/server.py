@@ -1,0 +1,79 @@
+"""The service: store, control API, operations endpoints, and (later) ingest servers.
+
+`serve()` is a trio task that reports its bound addresses through `nursery.start()`
+and runs until cancelled; the CLI cancels it on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from quart_trio import QuartTrio
+
+from api.auth import Authenticator
+from api.http import create_app, create_ops_app
+from api.service import EndpointUrls, IngressService
+from api.store import open_sqlite_store
+from api.twirp import TwirpServer
+
+from .config import Config
+from .ops import NodeStatus
+from .sessions import SessionRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Where the service listens, as reported once it is ready."""
+
+    http: str
+    health: str | None = None
+    prometheus: str | None = None
+
+
+async def _serve_http(app: QuartTrio, host: str, port: int,
+                      task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+                      ) -> None:
+    hconfig = HypercornConfig()
+    hconfig.bind = [f"{host}:{port}"]
+    hconfig.accesslog = None
+    hconfig.errorlog = logging.getLogger("hypercorn.error")
+    hconfig.graceful_timeout = 2.0
+    hconfig.keep_alive_timeout = 75
+    await hypercorn_serve(app, hconfig, task_status=task_status)
+
+
+async def serve(config: Config,
+                task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED) -> None:
+    if config.dev:
+        log.warning("DEVELOPMENT MODE: API key %r with the well-known secret; "
+                    "never expose this node", config.api_key)
+    status = NodeStatus(config.cpu_cost.min_idle_ratio)
+    sessions = SessionRegistry()
+    async with open_sqlite_store(config.store_path) as store, trio.open_nursery() as nursery:
+        service = IngressService(store, EndpointUrls(config.rtmp_url, config.whip_url), sessions)
+        twirp = TwirpServer(service, Authenticator({config.api_key: config.api_secret}))
+        nursery.start_soon(status.sample_cpu)
+        host = config.bind_address
+        http = (await nursery.start(_serve_http, create_app(twirp, status), host,
+                                    config.http_port))[0]
+        ops_app = create_ops_app(status)
+        health = prometheus = None
+        if config.health_port > 0:
+            health = (await nursery.start(_serve_http, ops_app, host, config.health_port))[0]
+        if config.prometheus_port > 0:
+            prometheus = (await nursery.start(_serve_http, ops_app, host,
+                                              config.prometheus_port))[0]
+        bound = Bound(http, health, prometheus)
+        log.info("ingress service ready: api %s, store %s", http, config.store_path)
+        task_status.started(bound)
+        try:
+            await trio.sleep_forever()
+        finally:
+            status.drain()
+            sessions.stop_all("server shutting down")
