@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.service import ServiceProcess
+
+# The dev and test secrets are short on purpose in places; PyJWT's advice is noise here.
+warnings.filterwarnings("ignore", message=".*HMAC key.*")
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """One running service per test module (a fresh store each)."""
+    proc = ServiceProcess(tmp_path_factory.mktemp("service"))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def fresh_service(tmp_path: Path) -> Iterator[ServiceProcess]:
+    proc = ServiceProcess(tmp_path)
+    proc.start()
+    yield proc
+    proc.stop()
