@@ -255,7 +255,11 @@ class SqliteIngressStore:
 
 @asynccontextmanager
 async def open_sqlite_store(path: Path) -> AsyncIterator[SqliteIngressStore]:
-    """Open (creating if needed) the store at `path`, with its writer task running."""
+    """Open (creating if needed) the store at `path`, with its writer task running.
+
+    An exception from the caller's block comes out as itself, not wrapped in the
+    writer nursery's ExceptionGroup.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     store = await trio.to_thread.run_sync(SqliteIngressStore, path)
     try:
@@ -265,5 +269,9 @@ async def open_sqlite_store(path: Path) -> AsyncIterator[SqliteIngressStore]:
                 yield store
             finally:
                 store._send.close()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     finally:
         store.close()

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,11 @@ from google.protobuf.message import Message
 from .config import DEV_API_KEY, DEV_API_SECRET, ConfigError, load_config, log_level
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
+
+
+def _quiet_dev_key_warning() -> None:
+    """PyJWT warns about the 6-byte dev secret on every token; the dev banner says it once."""
+    warnings.filterwarnings("ignore", message=".*HMAC key.*")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -34,6 +40,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ingress: configuration error: {exc}", file=sys.stderr)
         return 2
+    if config.dev:
+        _quiet_dev_key_warning()
     logging.basicConfig(level=log_level(config),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -61,7 +69,8 @@ def _read_request(path: str, message: Message) -> Message:
 
 
 def _to_json(message: Message) -> str:
-    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2)
+    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2,
+                                     always_print_fields_with_no_presence=True)
 
 
 def _client_args(args: argparse.Namespace) -> tuple[str, str, str]:
@@ -80,6 +89,8 @@ async def _call(args: argparse.Namespace) -> Any:
     from livekit.protocol import ingress as pb
 
     url, key, secret = _client_args(args)
+    if secret == DEV_API_SECRET:
+        _quiet_dev_key_warning()
     async with api.LiveKitAPI(url, key, secret) as lkapi:
         client = lkapi.ingress
         if args.command == "create":

@@ -1,0 +1,98 @@
+"""Operations endpoints and the `ingress` CLI against a running service."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.service import ServiceProcess
+
+
+def test_health_availability_metrics(service: ServiceProcess) -> None:
+    r = httpx.get(service.url + "/")
+    assert (r.status_code, r.text) == (200, "Healthy")
+    assert httpx.get(service.url + "/availability").status_code == 200
+    httpx.post(service.url + "/twirp/livekit.Ingress/ListIngress", content=b"",
+               headers={"Content-Type": "application/protobuf"})
+    text = httpx.get(service.url + "/metrics").text
+    for name in ("livekit_ingress_available 1.0", "livekit_node_cpu_load",
+                 "livekit_ingress_requests", "livekit_ingress_publish_status",
+                 'ingress_relay_api_requests_total{code="unauthenticated",method="ListIngress"}'):
+        assert name in text, name
+
+
+def test_separate_health_and_prometheus_ports(tmp_path: Path) -> None:
+    import socket
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    health, prom = free_port(), free_port()
+    proc = ServiceProcess(tmp_path, health_port=health, prometheus_port=prom)
+    proc.start()
+    try:
+        assert httpx.get(f"http://127.0.0.1:{health}/").text == "Healthy"
+        assert httpx.get(f"http://127.0.0.1:{health}/availability").status_code == 200
+        assert "livekit_node_cpu_load" in httpx.get(f"http://127.0.0.1:{prom}/metrics").text
+    finally:
+        assert proc.stop() == 0
+
+
+def test_bad_config_is_refused_with_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("api_key: k\napi_secret: s\nrtmp_prot: 1\n")
+    proc = subprocess.run([sys.executable, "-m", "relay", "serve", "--config", str(path)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "unknown config key: rtmp_prot" in proc.stderr
+
+
+def cli(service: ServiceProcess, *args: str, stdin: str | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "INGRESS_URL": service.url, "LIVEKIT_API_KEY": service.api_key,
+           "LIVEKIT_API_SECRET": service.api_secret}
+    return subprocess.run([sys.executable, "-m", "relay", *args], capture_output=True,
+                          text=True, env=env, input=stdin, timeout=60)
+
+
+def test_cli_reads_lk_style_json_files(service: ServiceProcess, tmp_path: Path) -> None:
+    spec = tmp_path / "ingress.json"
+    spec.write_text(json.dumps({
+        "input_type": "RTMP_INPUT", "name": "cli", "room_name": "cli-room",
+        "participant_identity": "cli-id", "unknown_field_is_ignored": 1,
+        "video": {"name": "cam", "source": "CAMERA", "preset": 5},
+        "audio": {"preset": "OPUS_MONO_64KBS"},
+    }))
+    made = cli(service, "create", str(spec))
+    assert made.returncode == 0, made.stderr
+    info = json.loads(made.stdout)
+    assert info["ingress_id"].startswith("IN_")
+    assert info["video"] == {"name": "cam", "source": "CAMERA",
+                             "preset": "H264_720P_30FPS_3_LAYERS_HIGH_MOTION"}
+    assert f"Stream key: {info['stream_key']}" in made.stderr
+    assert "URL: rtmp://127.0.0.1:1935/live" in made.stderr
+
+    listed = cli(service, "list", "--room", "cli-room")
+    assert [i["ingress_id"] for i in json.loads(listed.stdout)["items"]] == [info["ingress_id"]]
+
+    updated = cli(service, "update", "-", "--id", info["ingress_id"],
+                  stdin='{"participantName": "Renamed", "enabled": false}')
+    assert updated.returncode == 0, updated.stderr
+    assert json.loads(updated.stdout)["participant_name"] == "Renamed"
+
+    bad = cli(service, "create", "-", stdin='{"inputType": 1}')
+    assert bad.returncode == 1
+    assert "invalid_argument: invalid ingress: no participant identity" in bad.stderr
+
+    deleted = cli(service, "delete", info["ingress_id"])
+    assert deleted.returncode == 0 and json.loads(deleted.stdout)["ingress_id"] == info[
+        "ingress_id"]
+    gone = cli(service, "delete", info["ingress_id"])
+    assert gone.returncode == 1 and "not_found: ingress does not exist" in gone.stderr

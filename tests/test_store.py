@@ -1,0 +1,118 @@
+"""SqliteIngressStore: the IngressStore contract, ordering rule and group commit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+from livekit.protocol import ingress as pb
+
+from api.store import StoreConflict, open_sqlite_store
+
+
+def info(i: int, room: str = "r", key: str | None = None) -> pb.IngressInfo:
+    return pb.IngressInfo(ingress_id=f"IN_{i:012d}", stream_key=key if key is not None
+                          else f"key{i:09d}", room_name=room, participant_identity=f"p{i}",
+                          name=f"n{i}", state=pb.IngressState())
+
+
+async def test_crud_and_lookups(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "db" / "s.sqlite3") as store:
+        a, b, c = info(1, "x"), info(2, "y"), info(3, "x", key="")
+        for item in (a, b, c):
+            await store.create(item)
+        assert await store.get(a.ingress_id) == a
+        assert await store.get("IN_missing") is None
+        assert await store.get_by_stream_key(b.stream_key) == b
+        assert await store.get_by_stream_key("") is None  # URL ingresses have no key
+        assert await store.list() == [a, b, c]
+        assert await store.list("x") == [a, c]
+        assert await store.list("nobody") == []
+        b.room_name, b.name = "x", "renamed"
+        assert await store.put(b)
+        assert await store.list("x") == [a, b, c]
+        assert await store.delete(a.ingress_id) == a
+        assert await store.delete(a.ingress_id) is None
+        assert not await store.put(a)
+        assert await store.list() == [b, c]
+
+
+async def test_unique_id_and_stream_key(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "s.sqlite3") as store:
+        await store.create(info(1))
+        with pytest.raises(StoreConflict):
+            await store.create(info(1, key="other"))
+        with pytest.raises(StoreConflict):
+            await store.create(info(2, key=info(1).stream_key))
+        # two URL ingresses (no key) do not conflict
+        await store.create(info(3, key=""))
+        await store.create(info(4, key=""))
+        assert len(await store.list()) == 3
+
+
+async def test_state_is_kept_apart_from_config(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "s.sqlite3") as store:
+        item = info(1)
+        await store.create(item)
+        state = pb.IngressState(status=pb.IngressState.ENDPOINT_PUBLISHING, started_at=100,
+                                resource_id="RT_x", room_id="RM_1")
+        assert await store.update_state(item.ingress_id, state)
+        stale = pb.IngressInfo()
+        stale.CopyFrom(item)  # a config update read before the state changed
+        stale.name = "new name"
+        assert await store.put(stale)
+        got = await store.get(item.ingress_id)
+        assert got is not None and got.name == "new name" and got.state == state
+
+
+async def test_update_state_refuses_older_started_at(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "s.sqlite3") as store:
+        await store.create(info(1))
+        new = pb.IngressState(status=pb.IngressState.ENDPOINT_BUFFERING, started_at=200)
+        old = pb.IngressState(status=pb.IngressState.ENDPOINT_INACTIVE, started_at=100,
+                              ended_at=150)
+        assert await store.update_state(info(1).ingress_id, new)
+        assert not await store.update_state(info(1).ingress_id, old)
+        same = pb.IngressState(status=pb.IngressState.ENDPOINT_PUBLISHING, started_at=200)
+        assert await store.update_state(info(1).ingress_id, same)
+        got = await store.get(info(1).ingress_id)
+        assert got is not None and got.state == same
+        assert not await store.update_state("IN_missing", new)
+
+
+async def test_concurrent_writes_are_group_committed(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "s.sqlite3") as store:
+        async with trio.open_nursery() as nursery:
+            for i in range(300):
+                nursery.start_soon(store.create, info(i))
+        assert len(await store.list()) == 300
+
+
+async def test_a_failed_write_does_not_undo_its_batch(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "s.sqlite3") as store:
+        await store.create(info(0))
+        results: dict[int, bool] = {}
+
+        async def create(i: int, item: pb.IngressInfo) -> None:
+            try:
+                await store.create(item)
+                results[i] = True
+            except StoreConflict:
+                results[i] = False
+
+        async with trio.open_nursery() as nursery:
+            for i in range(1, 50):
+                nursery.start_soon(create, i, info(0) if i % 10 == 0 else info(i))
+        assert sorted(i for i, ok in results.items() if not ok) == [10, 20, 30, 40]
+        assert len(await store.list()) == 1 + 45
+
+
+async def test_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    async with open_sqlite_store(path) as store:
+        for i in range(10):
+            await store.create(info(i))
+    async with open_sqlite_store(path) as store:
+        assert [i.ingress_id for i in await store.list()] == [info(i).ingress_id
+                                                              for i in range(10)]
