@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
-from quart_trio import QuartTrio
 
 from api.auth import Authenticator
 from api.http import create_app, create_ops_app
@@ -36,7 +36,7 @@ class Bound:
     prometheus: str | None = None
 
 
-async def _serve_http(app: QuartTrio, host: str, port: int,
+async def _serve_http(app: Any, host: str, port: int,
                       task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
                       ) -> None:
     hconfig = HypercornConfig()
