@@ -1,0 +1,106 @@
+"""PyAV decoders fed by the demuxers' media events.
+
+A decoder is built from the stream's configuration event (avcC, hvcC, av1C,
+AudioSpecificConfig, OpusHead...) and turns coded frames into `av.VideoFrame` /
+`av.AudioFrame` with millisecond timestamps. Decoding is blocking C code that
+releases the GIL: callers run `decode()` in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import av.error
+
+import rtmp
+
+MS = Fraction(1, 1000)
+
+VIDEO_DECODERS = {"h264": "h264", "hevc": "hevc", "av1": "libdav1d", "vp8": "vp8", "vp9": "vp9"}
+AUDIO_DECODERS = {"aac": "aac", "mp3": "mp3float", "opus": "opus"}
+
+
+class DecodeError(Exception):
+    """The stream cannot be decoded: unsupported codec, or broken data."""
+
+
+def _open(name: str, fallback: str, extradata: bytes | None) -> av.CodecContext:
+    try:
+        ctx = av.CodecContext.create(name, "r")
+    except (av.error.FFmpegError, ValueError):
+        ctx = av.CodecContext.create(fallback, "r")
+    if extradata:
+        ctx.extradata = extradata
+    # Slice threads only: frame threading delays output by one frame per thread
+    # (latency), and some FFmpeg frame-thread paths hang on hostile input.
+    ctx.thread_type = "SLICE"
+    return ctx
+
+
+class VideoDecoder:
+    """One video stream: codec config in, `av.VideoFrame`s with `pts` in ms out."""
+
+    def __init__(self, config: rtmp.VideoConfig | None, codec: str | None = None) -> None:
+        codec = config.codec if config is not None else codec
+        if codec not in VIDEO_DECODERS:
+            raise DecodeError(f"unsupported video codec {codec}")
+        self.codec = codec
+        extradata = config.config if config is not None and config.config else None
+        if codec == "av1" and extradata and config is not None and config.record_type != "av1C":
+            extradata = None
+        try:
+            self._ctx = _open(VIDEO_DECODERS[codec], codec, extradata)
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise DecodeError(f"cannot open the {codec} decoder: {exc}") from exc
+        self.errors = 0
+
+    def decode(self, frame: rtmp.VideoFrame) -> list[av.VideoFrame]:
+        packet = av.Packet(frame.data)
+        packet.pts, packet.dts, packet.time_base = frame.pts, frame.dts, MS
+        if frame.keyframe:
+            packet.is_keyframe = True
+        try:
+            out = self._ctx.decode(packet)
+        except av.error.FFmpegError as exc:
+            self.errors += 1
+            raise DecodeError(f"{self.codec} decoding failed: {exc}") from exc
+        for decoded in out:
+            decoded.time_base = MS
+        return list(out)
+
+    def flush(self) -> list[av.VideoFrame]:
+        try:
+            return list(self._ctx.decode(None))
+        except av.error.FFmpegError:
+            return []
+
+
+class AudioDecoder:
+    """One audio stream: codec config in, `av.AudioFrame`s with `pts` in ms out."""
+
+    def __init__(self, config: rtmp.AudioConfig | None, codec: str | None = None) -> None:
+        codec = config.codec if config is not None else codec
+        if codec not in AUDIO_DECODERS:
+            raise DecodeError(f"unsupported audio codec {codec}")
+        self.codec = codec
+        extradata = config.config if config is not None and config.config else None
+        try:
+            self._ctx = _open(AUDIO_DECODERS[codec], codec, extradata)
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise DecodeError(f"cannot open the {codec} decoder: {exc}") from exc
+        if config is not None and config.sample_rate:
+            self._ctx.sample_rate = config.sample_rate
+        self.errors = 0
+
+    def decode(self, frame: rtmp.AudioFrame) -> list[av.AudioFrame]:
+        packet = av.Packet(frame.data)
+        packet.pts, packet.dts, packet.time_base = frame.dts, frame.dts, MS
+        try:
+            out = self._ctx.decode(packet)
+        except av.error.FFmpegError as exc:
+            self.errors += 1
+            raise DecodeError(f"{self.codec} decoding failed: {exc}") from exc
+        for decoded in out:
+            decoded.time_base = MS
+        return list(out)
