@@ -22,6 +22,8 @@ import outcome
 import trio
 from livekit.protocol import ingress as pb
 
+from relay.trio_util import unwrap_single_exception
+
 
 class StoreConflict(Exception):
     """The ingress id or the stream key is already taken."""
@@ -273,15 +275,12 @@ async def open_sqlite_store(path: Path) -> AsyncIterator[SqliteIngressStore]:
     path.parent.mkdir(parents=True, exist_ok=True)
     store = await trio.to_thread.run_sync(SqliteIngressStore, path)
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(store.run_writer)
-            try:
-                yield store
-            finally:
-                store._send.close()
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+        with unwrap_single_exception():
+            async with trio.open_nursery() as nursery:
+                await nursery.start(store.run_writer)
+                try:
+                    yield store
+                finally:
+                    store._send.close()
     finally:
         store.close()

@@ -1,0 +1,144 @@
+"""The ingress participant in its LiveKit room, seen from trio.
+
+The livekit SDK is asyncio-only; this is the one place that reaches it, through
+trio-asyncio (callers must run inside `trio_asyncio.open_loop()`). SDK objects
+that bind the asyncio loop at construction (Room, AudioSource) are built inside
+that loop. `VideoSource.capture_frame` is a synchronous FFI call and is made
+straight from trio.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio_asyncio
+from livekit import rtc
+from livekit.protocol import models
+from livekit.rtc._proto.room_pb2 import AudioEncoding
+
+log = logging.getLogger(__name__)
+
+AUDIO_QUEUE_MS = 100  # the SDK's default (1 s) would let audio latency grow that far
+
+_SOURCES = {
+    models.TrackSource.CAMERA: rtc.TrackSource.SOURCE_CAMERA,
+    models.TrackSource.SCREEN_SHARE: rtc.TrackSource.SOURCE_SCREENSHARE,
+    models.TrackSource.MICROPHONE: rtc.TrackSource.SOURCE_MICROPHONE,
+    models.TrackSource.SCREEN_SHARE_AUDIO: rtc.TrackSource.SOURCE_SCREENSHARE_AUDIO,
+}
+
+
+class PublishError(Exception):
+    """The room could not be joined or a track not published."""
+
+
+@dataclass(frozen=True)
+class PublishedTrack:
+    sid: str
+    kind: str  # "video" | "audio"
+    name: str
+    source: int  # livekit.protocol.models.TrackSource
+    width: int = 0
+    height: int = 0
+    simulcast: bool = False
+    mime_type: str = ""
+
+    def to_track_info(self) -> models.TrackInfo:
+        return models.TrackInfo(
+            sid=self.sid, name=self.name, source=self.source,  # type: ignore[arg-type]
+            type=models.TrackType.VIDEO if self.kind == "video" else models.TrackType.AUDIO,
+            width=self.width, height=self.height, simulcast=self.simulcast,
+            mime_type=self.mime_type)
+
+
+async def _new_room() -> rtc.Room:
+    return rtc.Room()
+
+
+async def _new_audio_source(rate: int, channels: int) -> rtc.AudioSource:
+    return rtc.AudioSource(rate, channels, queue_size_ms=AUDIO_QUEUE_MS)
+
+
+class RoomPublisher:
+    """Join once, publish at most one video and one audio track, leave once."""
+
+    def __init__(self) -> None:
+        self._room: rtc.Room | None = None
+        self._video: rtc.VideoSource | None = None
+        self._audio: rtc.AudioSource | None = None
+        self.tracks: list[PublishedTrack] = []
+        self.room_sid = ""
+
+    async def connect(self, ws_url: str, token: str) -> None:
+        self._room = await trio_asyncio.aio_as_trio(_new_room)()
+        try:
+            await trio_asyncio.aio_as_trio(self._room.connect)(ws_url, token)
+            self.room_sid = await trio_asyncio.aio_as_trio(self._room.sid)
+        except Exception as exc:  # the SDK raises its own ConnectError and others
+            raise PublishError(f"cannot join the room at {ws_url}: {exc}") from exc
+        log.info("joined room %s as %s", self._room.name,
+                 self._room.local_participant.identity)
+
+    async def publish_video(self, width: int, height: int, *, name: str, source: int,
+                            codec: str, max_bitrate: int, max_framerate: float,
+                            simulcast: bool) -> PublishedTrack:
+        assert self._room is not None
+        self._video = rtc.VideoSource(width, height, is_screencast=(
+            source == models.TrackSource.SCREEN_SHARE))
+        track = rtc.LocalVideoTrack.create_video_track(name or "video", self._video)
+        options = rtc.TrackPublishOptions(
+            source=_SOURCES.get(source, rtc.TrackSource.SOURCE_CAMERA),
+            simulcast=simulcast,
+            video_encoding=rtc.VideoEncoding(max_bitrate=max_bitrate,
+                                             max_framerate=max_framerate),
+            video_codec=rtc.VideoCodec.VP8 if codec == "vp8" else rtc.VideoCodec.H264,
+        )
+        publication = await self._publish(track, options)
+        published = PublishedTrack(publication.sid, "video", publication.name, source or
+                                   models.TrackSource.CAMERA, width, height, simulcast,
+                                   "video/" + ("VP8" if codec == "vp8" else "H264"))
+        self.tracks.append(published)
+        return published
+
+    def capture_video(self, width: int, height: int, i420: bytes, timestamp_us: int) -> None:
+        assert self._video is not None
+        self._video.capture_frame(rtc.VideoFrame(width, height, rtc.VideoBufferType.I420, i420),
+                                  timestamp_us=timestamp_us)
+
+    async def publish_audio(self, sample_rate: int, channels: int, *, name: str,
+                            source: int, max_bitrate: int, dtx: bool) -> PublishedTrack:
+        assert self._room is not None
+        self._audio = await trio_asyncio.aio_as_trio(_new_audio_source)(sample_rate, channels)
+        track = rtc.LocalAudioTrack.create_audio_track(name or "audio", self._audio)
+        options = rtc.TrackPublishOptions(
+            source=_SOURCES.get(source, rtc.TrackSource.SOURCE_MICROPHONE), dtx=dtx,
+            audio_encoding=AudioEncoding(max_bitrate=max_bitrate))
+        publication = await self._publish(track, options)
+        published = PublishedTrack(publication.sid, "audio", publication.name, source or
+                                   models.TrackSource.MICROPHONE, mime_type="audio/opus")
+        self.tracks.append(published)
+        return published
+
+    async def capture_audio(self, pcm: bytes, sample_rate: int, channels: int) -> None:
+        assert self._audio is not None
+        frame = rtc.AudioFrame(pcm, sample_rate, channels, len(pcm) // (2 * channels))
+        await trio_asyncio.aio_as_trio(self._audio.capture_frame)(frame)
+
+    async def _publish(self, track: rtc.LocalTrack, options: rtc.TrackPublishOptions
+                       ) -> rtc.LocalTrackPublication:
+        assert self._room is not None
+        try:
+            return await trio_asyncio.aio_as_trio(self._room.local_participant.publish_track)(
+                track, options)
+        except Exception as exc:
+            raise PublishError(f"cannot publish track {track.name}: {exc}") from exc
+
+    async def close(self) -> None:
+        """Leave the room (the participant disappears for subscribers at once)."""
+        room, self._room = self._room, None
+        if room is not None:
+            try:
+                await trio_asyncio.aio_as_trio(room.disconnect)()
+            except Exception:  # leaving must not mask why we are leaving
+                log.exception("error while leaving the room")

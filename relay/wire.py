@@ -1,0 +1,150 @@
+"""msgpack framing of the messages between the ingest front and a session worker.
+
+The front (RTMP/WHIP/URL demuxing, in the service process) sends the worker the
+session's start parameters and then media events; the worker (decode, encode,
+publish, in a child process) answers with state reports. msgpack is a
+self-delimiting stream, so a pipe needs no extra framing, and the
+`Unpacker`'s buffer bound caps what a misbehaving peer can make us hold.
+
+Sans-IO like the protocol cores: `encode()` gives bytes, `MessageReader` takes
+bytes and yields messages; it owns no pipe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+import rtmp
+
+MAX_MESSAGE_BYTES = 16 << 20
+
+
+class WireError(ValueError):
+    """The byte stream is not a valid message sequence."""
+
+
+@dataclass(frozen=True)
+class Start:
+    """First message to a worker: who to publish as, where, and how."""
+
+    ws_url: str
+    token: str
+    ingress: bytes  # serialized livekit IngressInfo
+    transcode: bool = True
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """The source ended cleanly: flush, leave the room, exit."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class StateReport:
+    """Worker -> front: a state change or a periodic input-stats refresh."""
+
+    status: str  # "publishing" | "stats" | "error"
+    error: str = ""
+    room_id: str = ""
+    tracks: tuple[bytes, ...] = ()  # serialized livekit TrackInfo
+    video: dict[str, Any] = field(default_factory=dict)  # InputVideoState fields
+    audio: dict[str, Any] = field(default_factory=dict)  # InputAudioState fields
+
+
+Message = (Start | EndOfStream | StateReport | rtmp.VideoConfig | rtmp.VideoFrame
+           | rtmp.AudioConfig | rtmp.AudioFrame)
+
+_TAGS: dict[type, str] = {
+    Start: "start", EndOfStream: "end", StateReport: "state",
+    rtmp.VideoConfig: "vc", rtmp.VideoFrame: "v", rtmp.AudioConfig: "ac", rtmp.AudioFrame: "a",
+}
+
+
+def _fields(message: Any) -> list[Any]:
+    if isinstance(message, rtmp.VideoFrame):
+        return [message.codec, message.dts, message.pts, message.keyframe, message.data]
+    if isinstance(message, rtmp.AudioFrame):
+        return [message.codec, message.dts, message.data, message.sample_rate or 0,
+                message.channels or 0]
+    if isinstance(message, rtmp.VideoConfig):
+        return [message.codec, message.config, message.dts, message.pts, message.record_type]
+    if isinstance(message, rtmp.AudioConfig):
+        return [message.codec, message.config, message.dts, message.sample_rate,
+                message.channels]
+    if isinstance(message, StateReport):
+        return [message.status, message.error, message.room_id, list(message.tracks),
+                message.video, message.audio]
+    if isinstance(message, Start):
+        return [message.ws_url, message.token, message.ingress, message.transcode]
+    if isinstance(message, EndOfStream):
+        return [message.reason]
+    raise TypeError(f"not a wire message: {type(message).__name__}")
+
+
+def encode(message: Message) -> bytes:
+    return msgpack.packb([_TAGS[type(message)], *_fields(message)], use_bin_type=True)
+
+
+def _build(item: Any) -> Message:
+    if not isinstance(item, list) or not item:
+        raise WireError(f"expected a tagged list, got {type(item).__name__}")
+    tag, args = item[0], item[1:]
+    try:
+        if tag == "v":
+            codec, dts, pts, keyframe, data = args
+            return rtmp.VideoFrame(codec=codec, dts=dts, pts=pts, keyframe=keyframe, data=data)
+        if tag == "a":
+            codec, dts, data, rate, channels = args
+            return rtmp.AudioFrame(codec=codec, dts=dts, data=data, sample_rate=rate or None,
+                                   channels=channels or None)
+        if tag == "vc":
+            codec, config, dts, pts, record_type = args
+            return rtmp.VideoConfig(codec=codec, config=config, dts=dts, pts=pts,
+                                    record_type=record_type)
+        if tag == "ac":
+            codec, config, dts, rate, channels = args
+            return rtmp.AudioConfig(codec=codec, config=config, dts=dts, sample_rate=rate,
+                                    channels=channels)
+        if tag == "state":
+            status, error, room_id, tracks, video, audio = args
+            return StateReport(status, error, room_id, tuple(tracks), dict(video), dict(audio))
+        if tag == "start":
+            ws_url, token, ingress, transcode = args
+            return Start(ws_url, token, ingress, transcode)
+        if tag == "end":
+            (reason,) = args
+            return EndOfStream(reason)
+    except (TypeError, ValueError) as exc:
+        raise WireError(f"bad {tag!r} message: {exc}") from None
+    raise WireError(f"unknown message tag {tag!r}")
+
+
+class MessageReader:
+    """Bytes in (`receive_data`), messages out (iterate). Bounded buffering."""
+
+    def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=2 * max_message_bytes,
+                                          max_bin_len=max_message_bytes,
+                                          max_str_len=1 << 20, max_array_len=1 << 16,
+                                          max_map_len=1 << 10)
+
+    def receive_data(self, data: bytes) -> None:
+        try:
+            self._unpacker.feed(data)
+        except msgpack.BufferFull:
+            raise WireError("message larger than the buffer bound") from None
+
+    def __iter__(self) -> Iterator[Message]:
+        while True:
+            try:
+                item = next(self._unpacker)
+            except StopIteration:
+                return
+            except (msgpack.UnpackException, ValueError) as exc:
+                raise WireError(f"undecodable message: {exc}") from None
+            yield _build(item)

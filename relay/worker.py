@@ -1,0 +1,357 @@
+"""A session worker: decode, shape and publish one ingest session into its room.
+
+Runs as a child process of the service (`python -m relay.worker`), one per live
+session: FFmpeg's decoders are C and may crash or hang on hostile input, and one
+Python process runs on one core. A crash here ends this session only; the
+service sees the exit and records ERROR.
+
+Protocol (relay/wire.py, msgpack on stdin/stdout): the front sends `Start`, then
+media events, then `EndOfStream` (or just closes stdin); the worker sends
+`StateReport`s. Exit status 0: clean end; 1: an error it reported; anything else
+(a signal, a crash) is the front's to report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import av
+import trio
+import trio_asyncio
+from av.video.reformatter import VideoReformatter
+from livekit.protocol import ingress as pb
+
+import rtmp
+
+from .decode import AudioDecoder, DecodeError, VideoDecoder
+from .layers import AudioEncoding, VideoEncoding, audio_encoding, fit_layers, video_encoding
+from .publisher import PublishError, RoomPublisher
+from .wire import EndOfStream, MessageReader, Start, StateReport, WireError, encode
+
+log = logging.getLogger("relay.worker")
+
+NO_MEDIA_TIMEOUT = 30.0
+VIDEO_QUEUE = 120  # coded frames waiting for the decoder (~4 s at 30 fps): absorbs bursts
+AUDIO_QUEUE = 100  # coded audio frames (~2 s of AAC)
+MAX_CONSECUTIVE_DECODE_ERRORS = 30  # audio
+MAX_FRAMES_WITHOUT_PICTURE = 150  # ~5 s at 30 fps of video that decodes to nothing
+STATS_INTERVAL = 5.0
+AUDIO_FRAME_MS = 10
+
+
+class SessionFailed(Exception):
+    """The session cannot go on; the message becomes the ingress' error text."""
+
+
+class FrameRateLimiter:
+    """Keeps frames no closer than 1/fps apart in source time (pts in ms).
+
+    The cadence follows the source (a 30 fps source stays at 30 fps despite the
+    millisecond rounding of its timestamps); a gap or a jump backwards (an encoder
+    restart) restarts the cadence instead of freezing the picture.
+    """
+
+    def __init__(self, fps: float) -> None:
+        self.interval = 1000.0 / fps if fps > 0 else 0.0
+        self._next: float | None = None
+
+    def accept(self, pts: int) -> bool:
+        if not self.interval:
+            return True
+        tolerance = self.interval / 4
+        if self._next is not None and (
+                self._next - 10 * self.interval <= pts < self._next - tolerance):
+            return False
+        if self._next is None or abs(pts - self._next) > self.interval:
+            self._next = pts + self.interval
+        else:
+            self._next += self.interval
+        return True
+
+
+@dataclass
+class InputStats:
+    """What the source sends, for IngressState.video/audio (refreshed periodically)."""
+
+    mime: str = ""
+    width: int = 0
+    height: int = 0
+    frames: int = 0
+    bytes: int = 0
+    sample_rate: int = 0
+    channels: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def as_video(self) -> dict[str, object]:
+        elapsed = max(time.monotonic() - self.started, 1e-3)
+        return {"mime_type": self.mime, "width": self.width, "height": self.height,
+                "framerate": round(self.frames / elapsed, 2),
+                "average_bitrate": int(self.bytes * 8 / elapsed)}
+
+    def as_audio(self) -> dict[str, object]:
+        elapsed = max(time.monotonic() - self.started, 1e-3)
+        return {"mime_type": self.mime, "channels": self.channels,
+                "sample_rate": self.sample_rate, "average_bitrate": int(self.bytes * 8 / elapsed)}
+
+
+MIME = {"h264": "video/h264", "hevc": "video/h265", "av1": "video/av1", "vp8": "video/vp8",
+        "vp9": "video/vp9", "aac": "audio/aac", "mp3": "audio/mpeg", "opus": "audio/opus"}
+
+
+class Session:
+    """The stages of one session, connected by bounded channels."""
+
+    def __init__(self, start: Start, out: trio.abc.SendStream) -> None:
+        self.start = start
+        self.info = pb.IngressInfo.FromString(start.ingress)
+        self.video_encoding: VideoEncoding = video_encoding(
+            self.info.video if self.info.HasField("video") else None)
+        self.audio_encoding: AudioEncoding = audio_encoding(
+            self.info.audio if self.info.HasField("audio") else None)
+        self.publisher = RoomPublisher()
+        self._out = out
+        self._send_lock = trio.Lock()
+        self.video_in = InputStats()
+        self.audio_in = InputStats()
+        self.dropped_video = 0
+
+    async def report(self, report: StateReport) -> None:
+        async with self._send_lock:
+            await self._out.send_all(encode(report))
+
+    async def report_state(self, status: str, error: str = "") -> None:
+        await self.report(StateReport(
+            status, error=error, room_id=self.publisher.room_sid,
+            tracks=tuple(t.to_track_info().SerializeToString() for t in self.publisher.tracks),
+            video=self.video_in.as_video() if self.video_in.mime else {},
+            audio=self.audio_in.as_audio() if self.audio_in.mime else {}))
+
+    # -- video ---------------------------------------------------------------------
+
+    async def video_stage(self, frames: trio.MemoryReceiveChannel) -> None:
+        decoder: VideoDecoder | None = None
+        limiter = FrameRateLimiter(self.video_encoding.frame_rate)
+        reformatter = VideoReformatter()
+        blind = 0
+        last_error: DecodeError | None = None
+        published: tuple[int, int] | None = None
+        async for event in frames:
+            if isinstance(event, rtmp.VideoConfig):
+                decoder = await trio.to_thread.run_sync(self._video_decoder, event)
+                self.video_in.mime = MIME.get(event.codec, event.codec)
+                continue
+            if decoder is None:
+                decoder = await trio.to_thread.run_sync(self._video_decoder, None, event.codec)
+                self.video_in.mime = MIME.get(event.codec, event.codec)
+            try:
+                pictures = await trio.to_thread.run_sync(decoder.decode, event)
+            except DecodeError as exc:
+                pictures, last_error = [], exc
+            # FFmpeg conceals much broken input instead of failing: a stream that gives
+            # no picture for seconds is broken whether or not the decoder said so.
+            blind = 0 if pictures else blind + 1
+            if blind >= MAX_FRAMES_WITHOUT_PICTURE:
+                raise SessionFailed(str(last_error) if last_error else
+                                    f"{decoder.codec} decoding failed: no picture from "
+                                    f"{blind} frames")
+            for picture in pictures:
+                self.video_in.width, self.video_in.height = picture.width, picture.height
+                if not limiter.accept(int(picture.pts or 0)):
+                    continue
+                layers = fit_layers(self.video_encoding, picture.width, picture.height)
+                top = layers[-1]
+                if published is None:
+                    await self.publisher.publish_video(
+                        top.width, top.height, name=self.info.video.name, source=
+                        self.info.video.source, codec="vp8" if self.video_encoding.codec == 4
+                        else "h264", max_bitrate=top.bitrate,
+                        max_framerate=self.video_encoding.frame_rate,
+                        simulcast=len(layers) > 1)
+                    published = (top.width, top.height)
+                    await self.report_state("publishing")
+                i420 = await trio.to_thread.run_sync(
+                    self._to_i420, reformatter, picture, top.width, top.height)
+                self.publisher.capture_video(top.width, top.height, i420,
+                                             int((picture.pts or 0) * 1000))
+
+    @staticmethod
+    def _video_decoder(config: rtmp.VideoConfig | None, codec: str | None = None
+                       ) -> VideoDecoder:
+        try:
+            return VideoDecoder(config, codec)
+        except DecodeError as exc:
+            raise SessionFailed(str(exc)) from exc
+
+    @staticmethod
+    def _to_i420(reformatter: VideoReformatter, picture: av.VideoFrame, width: int,
+                 height: int) -> bytes:
+        if (picture.width, picture.height) != (width, height) or picture.format.name != (
+                "yuv420p"):
+            picture = reformatter.reformat(picture, width=width, height=height,
+                                           format="yuv420p", interpolation="BILINEAR")
+        return picture.to_ndarray().tobytes()
+
+    # -- audio ---------------------------------------------------------------------
+
+    async def audio_stage(self, frames: trio.MemoryReceiveChannel) -> None:
+        decoder: AudioDecoder | None = None
+        channels = self.audio_encoding.channels
+        rate = self.audio_encoding.sample_rate
+        resampler = av.AudioResampler(format="s16", layout="stereo" if channels == 2
+                                      else "mono", rate=rate)
+        chunk = rate * AUDIO_FRAME_MS // 1000 * channels * 2
+        pending = bytearray()
+        errors = 0
+        published = False
+        async for event in frames:
+            if isinstance(event, rtmp.AudioConfig):
+                decoder = self._audio_decoder(event)
+                self.audio_in.mime = MIME.get(event.codec, event.codec)
+                self.audio_in.sample_rate, self.audio_in.channels = (event.sample_rate,
+                                                                     event.channels)
+                continue
+            if decoder is None:
+                decoder = self._audio_decoder(None, event.codec)
+                self.audio_in.mime = MIME.get(event.codec, event.codec)
+            try:
+                decoded = await trio.to_thread.run_sync(decoder.decode, event)
+                errors = 0
+            except DecodeError as exc:
+                errors += 1
+                if errors >= MAX_CONSECUTIVE_DECODE_ERRORS:
+                    raise SessionFailed(str(exc)) from exc
+                continue
+            for samples in decoded:
+                self.audio_in.sample_rate = samples.sample_rate
+                self.audio_in.channels = samples.layout.nb_channels
+                for out in resampler.resample(samples):
+                    pending += bytes(out.planes[0])[: out.samples * channels * 2]
+            if not published and pending:
+                await self.publisher.publish_audio(
+                    rate, channels, name=self.info.audio.name, source=self.info.audio.source,
+                    max_bitrate=self.audio_encoding.bitrate,
+                    dtx=not self.audio_encoding.disable_dtx)
+                published = True
+                await self.report_state("publishing")
+            while len(pending) >= chunk:
+                await self.publisher.capture_audio(bytes(pending[:chunk]), rate, channels)
+                del pending[:chunk]
+
+    @staticmethod
+    def _audio_decoder(config: rtmp.AudioConfig | None, codec: str | None = None
+                       ) -> AudioDecoder:
+        try:
+            return AudioDecoder(config, codec)
+        except DecodeError as exc:
+            raise SessionFailed(str(exc)) from exc
+
+    # -- input -----------------------------------------------------------------------
+
+    async def route(self, reader: MessageReader, stdin: trio.abc.ReceiveStream,
+                    video: trio.MemorySendChannel, audio: trio.MemorySendChannel) -> str:
+        """Feed the stages until the source ends; returns why it ended."""
+        skip_video = False
+        async with video, audio:
+            while True:
+                with trio.move_on_after(NO_MEDIA_TIMEOUT) as timeout:
+                    data = await stdin.receive_some(1 << 16)
+                if timeout.cancelled_caught:
+                    raise SessionFailed(f"no media received for {NO_MEDIA_TIMEOUT:.0f} s")
+                if not data:
+                    return "source closed"
+                reader.receive_data(data)
+                for message in reader:
+                    if isinstance(message, EndOfStream):
+                        return message.reason or "source ended"
+                    if isinstance(message, rtmp.VideoConfig | rtmp.VideoFrame):
+                        if isinstance(message, rtmp.VideoFrame):
+                            self.video_in.frames += 1
+                            self.video_in.bytes += len(message.data)
+                            if skip_video and not message.keyframe:
+                                self.dropped_video += 1
+                                continue
+                        try:
+                            video.send_nowait(message)
+                            skip_video = False
+                        except trio.WouldBlock:
+                            # Behind: drop video (never audio), up to the next keyframe
+                            # so the decoder resumes on a clean picture.
+                            skip_video = True
+                            self.dropped_video += 1
+                    elif isinstance(message, rtmp.AudioConfig | rtmp.AudioFrame):
+                        if isinstance(message, rtmp.AudioFrame):
+                            self.audio_in.frames += 1
+                            self.audio_in.bytes += len(message.data)
+                        await audio.send(message)
+
+    async def report_stats(self) -> None:
+        while True:
+            await trio.sleep(STATS_INTERVAL)
+            await self.report_state("stats")
+
+
+async def run(stdin: trio.abc.ReceiveStream, stdout: trio.abc.SendStream) -> int:
+    reader = MessageReader()
+    start: Start | None = None
+    while start is None:
+        data = await stdin.receive_some(1 << 16)
+        if not data:
+            return 0
+        reader.receive_data(data)
+        for message in reader:
+            if not isinstance(message, Start):
+                raise WireError(f"expected Start, got {type(message).__name__}")
+            start = message
+            break
+    session = Session(start, stdout)
+    failed = False
+    async with trio_asyncio.open_loop():
+        try:
+            await session.publisher.connect(start.ws_url, start.token)
+            async with trio.open_nursery() as outer:
+                outer.start_soon(session.report_stats)
+                async with trio.open_nursery() as stages:
+                    video_send, video_recv = trio.open_memory_channel[object](VIDEO_QUEUE)
+                    audio_send, audio_recv = trio.open_memory_channel[object](AUDIO_QUEUE)
+                    stages.start_soon(session.video_stage, video_recv)
+                    stages.start_soon(session.audio_stage, audio_recv)
+                    reason = await session.route(reader, stdin, video_send, audio_send)
+                    log.info("source ended (%s); draining", reason)
+                    # the stages finish what is queued, for at most a second
+                    stages.cancel_scope.deadline = trio.current_time() + 1.0
+                outer.cancel_scope.cancel()
+        except* (SessionFailed, PublishError, DecodeError, WireError) as group:
+            failed = True
+            first: BaseException = group
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            message = str(first)
+            log.error("session failed: %s", message)
+            with trio.CancelScope(shield=True):
+                await session.report(StateReport("error", error=message))
+        finally:
+            with trio.CancelScope(shield=True):
+                await session.publisher.close()
+    return 1 if failed else 0
+
+
+def main() -> int:
+    logging.basicConfig(level=os.environ.get("INGRESS_WORKER_LOG", "INFO"),
+                        format="%(asctime)s %(levelname)s worker[%(process)d] %(name)s: "
+                               "%(message)s", stream=sys.stderr)
+
+    async def entry() -> int:
+        stdin = trio.lowlevel.FdStream(os.dup(0))
+        stdout = trio.lowlevel.FdStream(os.dup(1))
+        async with stdin, stdout:
+            return await run(stdin, stdout)
+
+    return trio.run(entry)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

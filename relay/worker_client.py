@@ -1,0 +1,106 @@
+"""The service's side of a session worker process (relay/worker.py).
+
+`open_session_worker()` starts the child, sends it `Start`, and yields a
+`SessionWorker` to feed media events to and read state reports from. Leaving the
+block ends the child: EndOfStream and closed stdin first (it leaves the room
+cleanly), a kill if it has not exited within `EXIT_GRACE` seconds. The block never
+outlives the child, and a crash of the child never raises into the service: it
+becomes `SessionWorker.failure`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from .trio_util import unwrap_single_exception
+from .wire import EndOfStream, Message, MessageReader, Start, StateReport, WireError, encode
+
+log = logging.getLogger(__name__)
+
+EXIT_GRACE = 2.0
+REPORT_QUEUE = 64
+
+
+class SessionWorker:
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.failure = ""  # why the worker failed, once it has
+        self._reports_send, self.reports = trio.open_memory_channel[StateReport](REPORT_QUEUE)
+        self.exited = trio.Event()
+
+    async def send(self, message: Message) -> bool:
+        """Send one message; False once the worker is gone (its stdin closed)."""
+        assert self.process.stdin is not None
+        try:
+            await self.process.stdin.send_all(encode(message))
+            return True
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+
+    async def _read_reports(self) -> None:
+        assert self.process.stdout is not None
+        reader = MessageReader()
+        async with self._reports_send:
+            try:
+                async for data in self.process.stdout:
+                    reader.receive_data(data)
+                    for message in reader:
+                        if isinstance(message, StateReport):
+                            if message.status == "error" and not self.failure:
+                                self.failure = message.error
+                            await self._reports_send.send(message)
+            except (WireError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.failure = self.failure or f"session worker protocol error: {exc}"
+        await self.process.wait()
+        code = self.process.returncode
+        if code and not self.failure:
+            if code < 0:
+                name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ \
+                    else str(-code)
+                self.failure = f"session worker crashed ({name})"
+            else:
+                self.failure = f"session worker exited with status {code}"
+        self.exited.set()
+
+
+@asynccontextmanager
+async def open_session_worker(start: Start) -> AsyncIterator[SessionWorker]:
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "relay.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    worker = SessionWorker(process)
+    try:
+        with unwrap_single_exception():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker._read_reports)
+                await worker.send(start)
+                try:
+                    yield worker
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await _stop(worker)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+
+
+async def _stop(worker: SessionWorker) -> None:
+    """Ask the worker to finish, then make sure it has."""
+    await worker.send(EndOfStream("session ended"))
+    assert worker.process.stdin is not None
+    await worker.process.stdin.aclose()
+    with trio.move_on_after(EXIT_GRACE):
+        await worker.exited.wait()
+        return
+    log.warning("session worker %d did not exit in %.0f s: killing it", worker.process.pid,
+                EXIT_GRACE)
+    worker.process.kill()
+    await worker.exited.wait()

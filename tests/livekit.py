@@ -1,0 +1,162 @@
+"""A real LiveKit server (scripts/livekit-server) and a subscriber that inspects media.
+
+The server binds 127.0.0.1 only, on ports picked free for this run. The subscriber
+is the official livekit SDK in an asyncio loop of its own thread: it joins the room
+like any viewer and records what arrives (participants, tracks, decoded frame sizes,
+frame times, audio level).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.service import run_asyncio
+
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY, API_SECRET = "devkey", "secret" * 6  # livekit-server wants >= 32 characters
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveKitServer:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "livekit.log"
+
+    def start(self) -> None:
+        binary = subprocess.run([str(ROOT / "scripts" / "livekit-server"), "install"],
+                                check=True, capture_output=True, text=True).stdout.strip()
+        config = self.workdir / "livekit.yaml"
+        config.write_text(f"""
+port: {self.port}
+bind_addresses: ["127.0.0.1"]
+rtc:
+  tcp_port: {free_port()}
+  udp_port: {free_port()}
+  use_external_ip: false
+  node_ip: 127.0.0.1
+  enable_loopback_candidate: true
+keys:
+  {API_KEY}: {API_SECRET}
+logging:
+  level: warn
+""")
+        self.proc = subprocess.Popen([binary, "--config", str(config), "--bind", "127.0.0.1",
+                                      "--node-ip", "127.0.0.1"],
+                                     stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("livekit-server exited:\n"
+                                       + self.log_path.read_text()) from None
+                time.sleep(0.1)
+        raise RuntimeError("livekit-server did not start:\n" + self.log_path.read_text())
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+
+
+@dataclass
+class Seen:
+    """What a subscriber saw in the room."""
+
+    participants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tracks: list[dict[str, Any]] = field(default_factory=list)
+    video_sizes: collections.Counter = field(default_factory=collections.Counter)
+    video_times: list[float] = field(default_factory=list)
+    video_sequence: list[tuple[int, int]] = field(default_factory=list)
+    audio_rms: list[float] = field(default_factory=list)
+    audio_rate: int = 0
+    left: dict[str, float] = field(default_factory=dict)
+
+    def fps(self, skip: float = 1.0) -> float:
+        times = [t for t in self.video_times if t >= self.video_times[0] + skip]
+        return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 2 else 0.0
+
+
+def subscriber_token(room: str, identity: str = "viewer") -> str:
+    from livekit import api
+
+    return (api.AccessToken(API_KEY, API_SECRET).with_identity(identity)
+            .with_grants(api.VideoGrants(room_join=True, room=room, can_publish=False))
+            .to_jwt())
+
+
+def watch(url: str, room_name: str, seconds: float, *, quality: int | None = None) -> Seen:
+    """Join `room_name` for `seconds` and record what arrives."""
+    import numpy as np
+    from livekit import rtc
+
+    seen = Seen()
+
+    async def main() -> Seen:
+        room = rtc.Room()
+        tasks = []
+
+        async def video(track: Any) -> None:
+            async for event in rtc.VideoStream(track):
+                seen.video_sizes[(event.frame.width, event.frame.height)] += 1
+                seen.video_sequence.append((event.frame.width, event.frame.height))
+                seen.video_times.append(time.monotonic())
+
+        async def audio(track: Any) -> None:
+            async for event in rtc.AudioStream(track, sample_rate=48000, num_channels=1):
+                seen.audio_rate = event.frame.sample_rate
+                pcm = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
+                seen.audio_rms.append(float(np.sqrt((pcm ** 2).mean())) if pcm.size else 0.0)
+
+        @room.on("participant_connected")
+        def joined(p: Any) -> None:
+            seen.participants[p.identity] = {"name": p.name, "kind": p.kind,
+                                             "attributes": dict(p.attributes),
+                                             "metadata": p.metadata}
+
+        @room.on("participant_disconnected")
+        def left(p: Any) -> None:
+            seen.left[p.identity] = time.monotonic()
+
+        @room.on("track_subscribed")
+        def subscribed(track: Any, pub: Any, participant: Any) -> None:
+            seen.tracks.append({"kind": track.kind, "name": pub.name, "source": pub.source,
+                                "simulcast": pub.simulcasted, "identity": participant.identity})
+            if track.kind == rtc.TrackKind.KIND_VIDEO:
+                if quality is not None:
+                    pub.set_video_quality(quality)
+                tasks.append(asyncio.ensure_future(video(track)))
+            else:
+                tasks.append(asyncio.ensure_future(audio(track)))
+
+        await room.connect(url, subscriber_token(room_name))
+        for p in room.remote_participants.values():
+            joined(p)
+        await asyncio.sleep(seconds)
+        await room.disconnect()
+        for task in tasks:
+            task.cancel()
+        return seen
+
+    return run_asyncio(main())
