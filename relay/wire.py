@@ -39,9 +39,14 @@ class Start:
 
 @dataclass(frozen=True)
 class EndOfStream:
-    """The source ended cleanly: flush, leave the room, exit."""
+    """The session is over: leave the room and exit.
+
+    `drain`: the source ended cleanly, so publish what is still queued first (at
+    most a second); without it (delete, update, takeover) leave at once.
+    """
 
     reason: str = ""
+    drain: bool = True
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ def _fields(message: Any) -> list[Any]:
     if isinstance(message, Start):
         return [message.ws_url, message.token, message.ingress, message.transcode]
     if isinstance(message, EndOfStream):
-        return [message.reason]
+        return [message.reason, message.drain]
     raise TypeError(f"not a wire message: {type(message).__name__}")
 
 
@@ -117,8 +122,8 @@ def _build(item: Any) -> Message:
             ws_url, token, ingress, transcode = args
             return Start(ws_url, token, ingress, transcode)
         if tag == "end":
-            (reason,) = args
-            return EndOfStream(reason)
+            reason, drain = args
+            return EndOfStream(reason, drain)
     except (TypeError, ValueError) as exc:
         raise WireError(f"bad {tag!r} message: {exc}") from None
     raise WireError(f"unknown message tag {tag!r}")

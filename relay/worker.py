@@ -40,6 +40,7 @@ AUDIO_QUEUE = 100  # coded audio frames (~2 s of AAC)
 MAX_CONSECUTIVE_DECODE_ERRORS = 30  # audio
 MAX_FRAMES_WITHOUT_PICTURE = 150  # ~5 s at 30 fps of video that decodes to nothing
 STATS_INTERVAL = 5.0
+DRAIN_SECONDS = 1.0
 AUDIO_FRAME_MS = 10
 
 
@@ -252,8 +253,9 @@ class Session:
     # -- input -----------------------------------------------------------------------
 
     async def route(self, reader: MessageReader, stdin: trio.abc.ReceiveStream,
-                    video: trio.MemorySendChannel, audio: trio.MemorySendChannel) -> str:
-        """Feed the stages until the source ends; returns why it ended."""
+                    video: trio.MemorySendChannel, audio: trio.MemorySendChannel
+                    ) -> EndOfStream:
+        """Feed the stages until the session ends; returns how it ended."""
         skip_video = False
         async with video, audio:
             while True:
@@ -262,11 +264,11 @@ class Session:
                 if timeout.cancelled_caught:
                     raise SessionFailed(f"no media received for {NO_MEDIA_TIMEOUT:.0f} s")
                 if not data:
-                    return "source closed"
+                    return EndOfStream("the service closed the session", drain=False)
                 reader.receive_data(data)
                 for message in reader:
                     if isinstance(message, EndOfStream):
-                        return message.reason or "source ended"
+                        return message
                     if isinstance(message, rtmp.VideoConfig | rtmp.VideoFrame):
                         if isinstance(message, rtmp.VideoFrame):
                             self.video_in.frames += 1
@@ -319,10 +321,11 @@ async def run(stdin: trio.abc.ReceiveStream, stdout: trio.abc.SendStream) -> int
                     audio_send, audio_recv = trio.open_memory_channel[object](AUDIO_QUEUE)
                     stages.start_soon(session.video_stage, video_recv)
                     stages.start_soon(session.audio_stage, audio_recv)
-                    reason = await session.route(reader, stdin, video_send, audio_send)
-                    log.info("source ended (%s); draining", reason)
-                    # the stages finish what is queued, for at most a second
-                    stages.cancel_scope.deadline = trio.current_time() + 1.0
+                    end = await session.route(reader, stdin, video_send, audio_send)
+                    log.info("session ended: %s", end.reason or "source ended")
+                    # a clean end publishes what is queued (for at most a second)
+                    stages.cancel_scope.deadline = trio.current_time() + (
+                        DRAIN_SECONDS if end.drain else 0)
                 outer.cancel_scope.cancel()
         except* (SessionFailed, PublishError, DecodeError, WireError) as group:
             failed = True

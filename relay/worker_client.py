@@ -35,6 +35,8 @@ class SessionWorker:
         self._reports_send, self.reports = trio.open_memory_channel[StateReport](REPORT_QUEUE)
         self.exited = trio.Event()
 
+    drain = True  # set False to leave the room at once (delete, update, takeover)
+
     async def send(self, message: Message) -> bool:
         """Send one message; False once the worker is gone (its stdin closed)."""
         assert self.process.stdin is not None
@@ -94,7 +96,7 @@ async def open_session_worker(start: Start) -> AsyncIterator[SessionWorker]:
 
 async def _stop(worker: SessionWorker) -> None:
     """Ask the worker to finish, then make sure it has."""
-    await worker.send(EndOfStream("session ended"))
+    await worker.send(EndOfStream("session ended", drain=worker.drain))
     assert worker.process.stdin is not None
     await worker.process.stdin.aclose()
     with trio.move_on_after(EXIT_GRACE):

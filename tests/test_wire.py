@@ -19,6 +19,7 @@ MESSAGES = [
     StateReport("publishing", room_id="RM_1", tracks=(b"\x0a\x01x",),
                 video={"width": 1280, "height": 720, "framerate": 30.0}),
     EndOfStream("source ended"),
+    EndOfStream("ingress deleted", drain=False),
 ]
 
 
