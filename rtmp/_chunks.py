@@ -116,8 +116,12 @@ class ChunkReader:
         max_chunk_streams: int = 64,
         max_buffered_bytes: int = 16 * 1024 * 1024,
         max_message_streams: int = 64,
+        pause_on_ack: bool = False,
     ) -> None:
         self.max_chunk_size = max_chunk_size
+        # stop parsing at a chunk boundary where an ack fell due, so the caller takes every
+        # ack (none is overwritten by a later one) whatever the read sizes were
+        self.pause_on_ack = pause_on_ack
         self.max_message_size = max_message_size
         self.max_chunk_streams = max_chunk_streams
         self.max_buffered_bytes = max_buffered_bytes
@@ -191,6 +195,8 @@ class ChunkReader:
                     return msg
                 if self._cur is not None:
                     return None  # chunk data still incomplete
+                if self.pause_on_ack and self._ack_due is not None:
+                    return None  # let the caller take this ack first
                 continue
             if not self._parse_header():
                 return None

@@ -557,5 +557,6 @@ def parse_tag(
         return list(parse_audio_tag(tag.data, tag.timestamp, stream_id=stream_id))
     if tag.tag_type == TAG_SCRIPT:
         values = amf0_decode_all(tag.data, max_depth=max_depth, max_nodes=max_nodes)
-        return [script_event(values, tag.timestamp, stream_id)]
+        # an empty script tag carries nothing, as the session drops an empty data message
+        return [script_event(values, tag.timestamp, stream_id)] if values else []
     return []

@@ -122,6 +122,7 @@ class ServerSession:
             max_message_size=self.config.max_message_size,
             max_chunk_streams=self.config.max_chunk_streams,
             max_buffered_bytes=self.config.max_buffered_bytes,
+            pause_on_ack=True,
         )
         self._writer = ChunkWriter(128)
         self._out = bytearray()
@@ -181,6 +182,8 @@ class ServerSession:
                 if ack is not None:
                     self._send(_CSID_CONTROL, MSG_ACK, 0, _U32.pack(ack))
                 if msg is None:
+                    if ack is not None:
+                        continue  # paused at an ack, not out of bytes
                     return None
                 self._handle(msg)
         except RTMPProtocolError as exc:

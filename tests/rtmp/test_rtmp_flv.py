@@ -346,3 +346,9 @@ def test_flv_reader_rejects_garbage_and_huge_tags() -> None:
     reader.feed(b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00" + flv_tag(9, 0, bytes(101)))
     with pytest.raises(RTMPProtocolError):
         reader.next_tag()
+
+
+def test_empty_script_tag_yields_nothing_like_the_session() -> None:
+    # found by fuzz/fuzz_flv.py: parse_tag gave DataMessage('') where a live RTMP
+    # publish (ServerSession) drops the empty data message; the boundary must agree
+    assert rtmp.parse_tag(rtmp.FLVTag(18, 5, 0, b"")) == []

@@ -7,6 +7,7 @@ import struct
 
 import pytest
 from _rtmp_client import FakeClient
+from _rtmp_peer import det_random
 
 import rtmp
 from rtmp._chunks import (
@@ -18,6 +19,7 @@ from rtmp._chunks import (
     MSG_USER_CONTROL,
     MSG_WINDOW_ACK_SIZE,
 )
+from rtmp._handshake import client_c2, client_hello, server_hello
 
 AVC_SEQ = b"\x17\x00\x00\x00\x00" + bytes([1, 0x42, 0xC0, 0x1E, 0xFF, 0xE0, 0x00])
 KEYFRAME = b"\x17\x01\x00\x00\x00" + struct.pack(">I", 2) + b"\x65\x88"
@@ -216,6 +218,30 @@ def test_acknowledgement_sent_when_window_crossed() -> None:
     assert len(acks) >= 2 and acks == sorted(acks)
     assert all(b - a >= 2000 for a, b in itertools.pairwise(acks))
     assert acks[-1] <= c.session.bytes_received - 3073
+
+
+def test_acknowledgements_do_not_depend_on_read_sizes() -> None:
+    # found by fuzz/fuzz_session.py: with a window smaller than a multi-chunk message,
+    # one big read sent a single (coalesced) ack where small reads sent one per crossing
+    c0c1 = client_hello(det_random(b"c"))
+    reply, _ = server_hello(c0c1, det_random())
+    w = rtmp.ChunkWriter(128)
+    data = c0c1 + client_c2(reply, det_random())
+    data += w.write(2, MSG_WINDOW_ACK_SIZE, 0, 0, struct.pack(">I", 100))
+    data += w.write(3, 20, 0, 0, rtmp.amf0_encode("connect", 1.0, {"app": "a"}))
+    data += w.write(5, 18, 0, 0, rtmp.amf0_encode("x", "y" * 1000))
+
+    def sent(step: int) -> bytes:
+        session = rtmp.ServerSession(rtmp.SessionConfig(randbytes=det_random()))
+        out = b""
+        for i in range(0, len(data), step):
+            session.receive_data(data[i : i + step])
+            while session.next_event() is not None:
+                pass
+            out += session.data_to_send()
+        return out
+
+    assert sent(len(data)) == sent(1) == sent(7)
 
 
 def test_set_chunk_size_from_client() -> None:

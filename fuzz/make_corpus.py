@@ -1,0 +1,207 @@
+"""Regenerate the seed corpora (fuzz/corpus/*/seed-*) from the real captures.
+
+Seeds are slices of the ffmpeg/PyAV captures plus a few hand-built messages for paths
+those publishers never take (aggregate messages, AMF3, pings, multitrack, ModEx...).
+Crashers and merged fuzzer finds live beside them under other names and are kept.
+Run: ``python fuzz/make_corpus.py`` (deterministic; rewrites only ``seed-*`` files).
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import CORPUS, HANDSHAKE_LEN, DetRandom, capture
+from fuzz_flv import FLV_HEADER, flv_tag
+from fuzz_session import PUBLISH_END
+
+import rtmp
+from rtmp._handshake import client_hello
+
+FFMPEG, HEVC, AV1 = "ffmpeg51_h264_aac", "pyav_hevc_aac", "pyav_av1_opus"
+FRAME_CUT = 600  # coded frames are opaque to the parser: keep seeds small
+
+
+def cut(msg: rtmp.RTMPMessage) -> bytes:
+    """The payload, shortened unless it is a decoder configuration (parsed in full)."""
+    tag = rtmp.FLVTag(msg.type_id, 0, 0, msg.payload)
+    configs = (rtmp.VideoConfig, rtmp.AudioConfig)
+    if any(isinstance(ev, configs) for ev in rtmp.parse_tag(tag)):
+        return msg.payload
+    return msg.payload[:FRAME_CUT]
+
+
+def messages(name: str) -> list[rtmp.RTMPMessage]:
+    """Every RTMP message of a capture, in order."""
+    reader = rtmp.ChunkReader()
+    reader.feed(capture(name)[HANDSHAKE_LEN:])
+    out = []
+    while (msg := reader.next_message()) is not None:
+        out.append(msg)
+    return out
+
+
+def cmd(w: rtmp.ChunkWriter, name: str, txn: float, *args: object, sid: int = 0) -> bytes:
+    return w.write(3, 20, sid, 0, rtmp.amf0_encode(name, txn, *args))
+
+
+def session_seeds() -> dict[str, bytes]:
+    ff, hevc, av1 = capture(FFMPEG), capture(HEVC), capture(AV1)
+    seeds = {
+        "raw-c0c1": b"\x00" + ff[:1537],
+        "raw-ffmpeg-publish": b"\x00" + ff[:5000],
+        "raw-av1-full": b"\x00" + av1,
+        "hs-ffmpeg": b"\x01" + ff[HANDSHAKE_LEN:5000],
+        "hs-hevc": b"\x01" + hevc[HANDSHAKE_LEN:6600],
+        "hs-av1": b"\x01" + av1[HANDSHAKE_LEN:5000],
+        "h264-media": b"\x02" + ff[PUBLISH_END:9000],
+        "h264-tail": b"\x02" + ff[-3000:],
+        "hevc-media": b"\x03" + hevc[PUBLISH_END:7000],
+        "av1-media": b"\x03" + av1[PUBLISH_END:6000],
+    }
+    plain = client_hello(DetRandom(b"c"), digest=False)
+    seeds["raw-plain-handshake"] = b"\x00" + plain + bytes(1536) + b"\x03" + bytes(11)
+
+    # after the handshake (chunk size 128): every command and control message
+    w = rtmp.ChunkWriter(128)
+    props = {
+        "app": "live",
+        "tcUrl": "rtmp://h/live",
+        "objectEncoding": 3.0,
+        "fourCcList": ["hvc1", "av01", "Opus"],
+        "videoFourCcInfoMap": {"hvc1": 7.0},
+        "capsEx": 15.0,
+    }
+    data = w.write(2, 5, 0, 0, struct.pack(">I", 1000))  # window ack size
+    data += w.set_chunk_size(300)
+    data += cmd(w, "connect", 1.0, props)
+    data += w.write(2, 4, 0, 0, struct.pack(">HI", 6, 77))  # ping request
+    data += w.write(2, 4, 0, 0, struct.pack(">HI", 7, 78))  # ping response
+    data += w.write(2, 3, 0, 0, struct.pack(">I", 100))  # ack
+    data += w.write(2, 6, 0, 0, struct.pack(">IB", 1000, 2))  # peer bandwidth
+    data += cmd(w, "releaseStream", 2.0, None, "k")
+    data += cmd(w, "FCPublish", 3.0, None, "k")
+    data += cmd(w, "createStream", 4.0, None)
+    data += cmd(w, "createStream", 5.0, None)
+    data += w.write(4, 20, 1, 0, rtmp.amf0_encode("publish", 6.0, None, "app/k?x=1", "live"))
+    data += w.write(6, 18, 1, 0, rtmp.amf0_encode("@setDataFrame", "onMetaData", {"w": 1.0}))
+    amf3 = b"\x00" + rtmp.amf0_encode("getStreamLength", 7.0, None) + b"\x11"
+    data += w.write(3, 17, 0, 0, amf3 + rtmp.amf3_encode({"a": [1, "b"]}))
+    data += w.write(6, 15, 1, 0, b"\x00" + rtmp.amf0_encode("onCuePoint", rtmp.AVMPlus([1.5])))
+    data += w.write(70, 9, 1, 0x1000000, b"\x17\x02\x00\x00\x00")  # 2-byte csid, ext ts
+    data += w.write(400, 8, 1, 0x1000021, b"\x2f" + bytes(300))  # 3-byte csid, type 3 ext
+    data += w.write(8, 2, 0, 0, struct.pack(">I", 8))  # abort
+    data += w.write(8, 0x7F, 0, 0, b"?")  # unknown type
+    data += cmd(w, "FCUnpublish", 8.0, None, "k")
+    data += w.write(4, 20, 1, 0, rtmp.amf0_encode("closeStream", 0.0, None))
+    data += w.write(4, 20, 1, 0, rtmp.amf0_encode("deleteStream", 9.0, None, 1.0))
+    data += cmd(w, "checkBandwidth", 10.0, None)
+    seeds["hs-commands"] = b"\x01" + data
+    w = rtmp.ChunkWriter(128, repeat_extended_timestamp=False)
+    data = cmd(w, "connect", 1.0, {"app": "a"}) + w.write(5, 9, 0, 0xFFFFFF, bytes(300))
+    seeds["hs-librtmp-ext-ts"] = b"\x01" + data
+
+    # on ffmpeg's accepted publish (stream 1, chunk size 4096)
+    w = rtmp.ChunkWriter(4096)
+    agg = flv_tag(9, 5, b"\x17\x01\x00\x00\x00" + bytes(8)) + flv_tag(8, 4, b"\xaf\x01\x21")
+    data = w.write(20, 22, 1, 40, agg)  # aggregate
+    data += w.write(21, 8, 1, 0xFFFFFFF0, b"\x2f\xff\xfb\x90\x00" + bytes(30))  # mp3, wraps
+    data += w.write(21, 8, 1, 0x10, b"\x72" + bytes(20))  # G.711 A-law
+    data += w.write(22, 9, 1, 50, b"\x57\x00")  # video info frame
+    data += w.write(23, 18, 2, 0, rtmp.amf0_encode("onTextData", {"t": "x"}))  # not publishing
+    data += w.write(3, 20, 0, 0, rtmp.amf0_encode("FCUnpublish", 0.0, None, "KEY"))
+    seeds["h264-extra"] = b"\x02" + data
+    return seeds
+
+
+def ex_video(frame_type: int, packet_type: int, fourcc: bytes, body: bytes) -> bytes:
+    return bytes([0x80 | frame_type << 4 | packet_type]) + fourcc + body
+
+
+def ex_audio(packet_type: int, fourcc: bytes, body: bytes) -> bytes:
+    return bytes([0x90 | packet_type]) + fourcc + body
+
+
+def flv_seeds() -> dict[str, bytes]:
+    seeds: dict[str, bytes] = {}
+    for name in (FFMPEG, HEVC, AV1):
+        msgs = messages(name)
+        short = name.split("_", 1)[1]
+        kinds: dict[tuple[int, bytes], rtmp.RTMPMessage] = {}
+        for m in msgs:
+            if m.type_id in (8, 9):
+                kinds.setdefault((m.type_id, bytes(m.payload[:2])), m)
+            elif m.type_id == 18:
+                kinds.setdefault((18, b""), m)
+        for (type_id, head), m in kinds.items():
+            mode = {9: 1, 8: 2, 18: 3}[type_id]
+            seeds[f"{short}-{type_id}-{head.hex()}"] = bytes([mode]) + cut(m)
+        media = [m for m in msgs if m.type_id in (8, 9, 18)]
+        body = bytearray(FLV_HEADER)
+        for m in media:
+            tag = flv_tag(m.type_id, m.timestamp, cut(m))
+            if len(body) + len(tag) > 8000:
+                break
+            body += tag
+        seeds[f"file-{short}"] = b"\x00" + bytes(body)
+
+    avcc = bytes([1, 0x64, 0, 0x1F, 0xFF, 0xE1, 0, 4]) + b"\x67\x64\x00\x1f" + b"\x01\x00\x02hh"
+    hvcc = bytes([1, 1]) + bytes(10) + bytes([93]) + bytes(8) + bytes([0x0F, 1, 0x20, 0, 1, 0, 2])
+    hvcc += b"\x40\x01"
+    synth = {
+        "v-legacy-avc-config": b"\x17\x00\x00\x00\x00" + avcc,
+        "v-legacy-hevc-config": b"\x1c\x00\x00\x00\x00" + hvcc,
+        "v-legacy-avc-cts": b"\x27\x01\xff\xff\xf0" + b"\x00\x00\x00\x01\x41",
+        "v-legacy-vp6": b"\x14" + bytes(10),
+        "v-vp09-config": ex_video(1, 0, b"vp09", bytes([1, 0, 0, 0, 0, 31, 0x80, 1, 1, 1, 0, 0])),
+        "v-vvc-frame": ex_video(1, 1, b"vvc1", b"\x00\x00\x10" + bytes(6)),
+        "v-av1-mpeg2ts": ex_video(1, 5, b"av01", b"\x80\x04\x00\x00"),
+        "v-seq-end": ex_video(1, 2, b"hvc1", b""),
+        "v-codedx": ex_video(2, 3, b"avc1", b"\x00\x00\x00\x01\x41"),
+        "v-metadata": ex_video(5, 4, b"av01", rtmp.amf0_encode("colorInfo", {"hdr": 1.0})),
+        "v-modex": bytes([0x80 | 1 << 4 | 7, 2, 0, 0, 7, 0x11]) + b"avc1" + b"\x00\x00\x01\x41",
+        "v-mt-one": bytes([0x80 | 1 << 4 | 6, 0x01]) + b"av01" + b"\x02" + bytes(4),
+        "v-mt-many": bytes([0x80 | 1 << 4 | 6, 0x13]) + b"vp09\x00\x00\x00\x02ab\x01\x00\x00\x01c",
+        "v-mt-codecs": bytes([0x80 | 1 << 4 | 6, 0x21])
+        + b"avc1\x00\x00\x00\x05\x00\x00\x00\x41\x42"
+        + b"xxxx\x01\x00\x00\x01z",
+        "a-legacy-mp3": b"\x2f\xff\xfb\x90\x64" + bytes(8),
+        "a-legacy-pcmu": b"\x83" + bytes(16),
+        "a-legacy-speex": b"\xb6" + bytes(8),
+        "a-aac-sbr": b"\xaf\x00" + bytes([0x2B, 0x92, 0x08, 0x00]),
+        "a-aac-escape": b"\xaf\x00" + bytes([0xF8, 0x01, 0xE0, 0x00, 0x00, 0x00, 0x10]),
+        "a-flac-config": ex_audio(0, b"fLaC", b"fLaC" + bytes(14) + b"\x0b\xb8\x02" + bytes(5)),
+        "a-ac3-frame": ex_audio(1, b"ac-3", b"\x0b\x77" + bytes(6)),
+        "a-mp3-frame": ex_audio(1, b".mp3", b"\xff\xf3\x90\xc4" + bytes(4)),
+        "a-multichannel": ex_audio(4, b"Opus", b"\x01\x02\x00\x01"),
+        "a-mt-many": bytes([0x95, 0x10]) + b"Opus" + b"\x00\x00\x00\x02ab\x01\x00\x00\x01c",
+        "a-modex": bytes([0x97, 0, 0, 0x01]) + b"Opus" + b"\x00",
+        "s-avmplus": rtmp.amf0_encode("onMetaData") + b"\x11" + rtmp.amf3_encode({"x": [1.0]}),
+    }
+    for key, body in synth.items():
+        mode = {"v": 1, "a": 2, "s": 3}[key[0]]
+        seeds[key] = bytes([mode]) + body
+    return seeds
+
+
+def write(harness: str, seeds: dict[str, bytes]) -> None:
+    folder = CORPUS / harness
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("seed-*"):
+        old.unlink()
+    for key, data in seeds.items():
+        (folder / f"seed-{key}").write_bytes(data)
+    size = sum(len(d) for d in seeds.values())
+    print(f"{harness}: {len(seeds)} seeds, {size} bytes")
+
+
+def main() -> None:
+    write("session", session_seeds())
+    write("flv", flv_seeds())
+
+
+if __name__ == "__main__":
+    main()
