@@ -62,7 +62,8 @@ class IngressService:
     ) -> None:
         self._store = store
         self._urls = urls
-        self._sessions = sessions or NoSessions()
+        # not `sessions or ...`: an empty SessionRegistry is falsy (it has __len__)
+        self._sessions = NoSessions() if sessions is None else sessions
         self._clock_ns = clock_ns
         # livekit-api retries a create that failed in transit with the same request id;
         # answering the retry with the ingress already made avoids a duplicate.
