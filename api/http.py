@@ -44,6 +44,10 @@ def create_ops_app(status: NodeStatus) -> QuartTrio:
     return app
 
 
+DISCARD_LIMIT = 64 << 20  # oversized bodies up to this size are read and dropped
+_UNREAD = too_large()  # answered without reading the body, then the connection closes
+
+
 class TwirpASGI:
     """ASGI app: `/twirp/...` to the TwirpServer, everything else to `fallback`."""
 
@@ -71,21 +75,30 @@ class TwirpASGI:
         )
         response_headers = [(b"content-type", result.content_type.encode()),
                             (b"content-length", str(len(result.body)).encode())]
-        if isinstance(body, TwirpError):
-            response_headers.append((b"connection", b"close"))  # the body was not read
+        if body is _UNREAD:
+            response_headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": result.status,
                     "headers": response_headers})
         await send({"type": "http.response.body", "body": result.body})
 
     @staticmethod
     async def _read_body(headers: dict[bytes, bytes], receive: Any) -> bytes | TwirpError:
+        """The body, or the error to answer with.
+
+        An oversized body is read and thrown away (up to DISCARD_LIMIT) before the
+        answer: closing on a client still uploading makes it see a broken pipe
+        instead of our error. Past the limit the answer goes out with the body
+        unread and the connection closes.
+        """
         try:
-            if int(headers.get(b"content-length", b"0")) > MAX_BODY_BYTES:
-                return too_large()
+            declared = int(headers.get(b"content-length", b"0"))
         except ValueError:
             return TwirpError("malformed", "invalid Content-Length")
         chunks: list[bytes] = []
         size = 0
+        too_big = declared > MAX_BODY_BYTES
+        if declared > DISCARD_LIMIT:
+            return _UNREAD
         while True:
             message = await receive()
             if message["type"] != "http.request":
@@ -93,10 +106,14 @@ class TwirpASGI:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > MAX_BODY_BYTES:
-                return too_large()
-            chunks.append(chunk)
+                too_big = True
+                chunks.clear()
+                if size > DISCARD_LIMIT:
+                    return _UNREAD
+            elif not too_big:
+                chunks.append(chunk)
             if not message.get("more_body", False):
-                return b"".join(chunks)
+                return too_large() if too_big else b"".join(chunks)
 
 
 def _text(value: bytes | None) -> str | None:
