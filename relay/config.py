@@ -4,6 +4,20 @@ Precedence, lowest first: defaults, the YAML file (`--config` or INGRESS_CONFIG_
 YAML text in INGRESS_CONFIG_BODY, LIVEKIT_API_KEY / LIVEKIT_API_SECRET / LIVEKIT_URL,
 then INGRESS_<KEY> for any top-level scalar key (e.g. INGRESS_HTTP_PORT=9000).
 An unknown key is an error that names it: a typo must not silently become a default.
+
+RTMP/RTMPS ingest keys of our own (the reference service has no equivalent; they apply
+to both listeners):
+
+* ``rtmp_handshake_timeout`` (seconds, default 10): time from the TCP accept to the
+  publish request (TLS handshake, RTMP handshake, connect, createStream, publish). A
+  peer that is slower, e.g. dribbling bytes (slowloris), is disconnected.
+* ``rtmp_idle_timeout`` (seconds, default 30): a live publish that sends nothing for
+  this long ends with ENDPOINT_ERROR. Encoders send media continuously.
+* ``rtmp_max_message_size`` (bytes, default 8 MiB, 4 KiB..16 MiB-1): the largest RTMP
+  message accepted (a video access unit is one message); a larger one is a protocol
+  error that ends that connection only.
+* ``rtmp_max_connections`` (default 500): simultaneous connections, both listeners
+  together; further connections are closed at once with a log line.
 """
 
 from __future__ import annotations
@@ -67,6 +81,10 @@ class Config:
     rtmps_port: int = -1
     rtmps_cert_file: str = ""
     rtmps_key_file: str = ""
+    rtmp_handshake_timeout: float = 10.0
+    rtmp_idle_timeout: float = 30.0
+    rtmp_max_message_size: int = 8 * 1024 * 1024
+    rtmp_max_connections: int = 500
     health_port: int = 0
     prometheus_port: int = 0
     rtmp_base_url: str = ""
@@ -204,8 +222,16 @@ def _check(config: Config) -> None:
     for name in ("http_port", "rtmp_port", "rtmps_port", "health_port", "prometheus_port"):
         port = getattr(config, name)
         if not -1 <= port <= 65535:
-            raise ConfigError(f"{name}: {port} is not a port (-1 or 0 turns it off)")
-    if config.rtmps_port > 0 and not (config.rtmps_cert_file and config.rtmps_key_file):
+            raise ConfigError(f"{name}: {port} is not a port (-1 turns it off)")
+    for name in ("rtmp_handshake_timeout", "rtmp_idle_timeout"):
+        if not 0 < getattr(config, name) < 86400:
+            raise ConfigError(f"{name}: {getattr(config, name)} is not a number of seconds > 0")
+    if not 4096 <= config.rtmp_max_message_size <= 0xFFFFFF:
+        raise ConfigError(f"rtmp_max_message_size: {config.rtmp_max_message_size} is not "
+                          "between 4096 and 16777215 bytes")
+    if config.rtmp_max_connections < 1:
+        raise ConfigError(f"rtmp_max_connections: {config.rtmp_max_connections} is below 1")
+    if config.rtmps_port >= 0 and not (config.rtmps_cert_file and config.rtmps_key_file):
         raise ConfigError("rtmps_port needs rtmps_cert_file and rtmps_key_file")
 
 

@@ -22,6 +22,7 @@ from api.twirp import TwirpServer
 
 from .config import Config
 from .ops import NodeStatus
+from .rtmp_ingest import RtmpIngest, RtmpSettings, load_ssl_context
 from .sessions import SessionRegistry
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ class Bound:
     http: str
     health: str | None = None
     prometheus: str | None = None
+    rtmp: str | None = None  # host:port of the RTMP listener
+    rtmps: str | None = None
 
 
 async def _serve_http(app: Any, host: str, port: int,
@@ -69,8 +72,23 @@ async def serve(config: Config,
         if config.prometheus_port > 0:
             prometheus = (await nursery.start(_serve_http, ops_app, host,
                                               config.prometheus_port))[0]
-        bound = Bound(http, health, prometheus)
-        log.info("ingress service ready: api %s, store %s", http, config.store_path)
+        rtmp = rtmps = None
+        if config.rtmp_port >= 0 or config.rtmps_port >= 0:
+            ingest = RtmpIngest(store, sessions, RtmpSettings(
+                handshake_timeout=config.rtmp_handshake_timeout,
+                idle_timeout=config.rtmp_idle_timeout,
+                max_message_size=config.rtmp_max_message_size,
+                max_connections=config.rtmp_max_connections,
+            ), draining=lambda: status.draining)
+            if config.rtmp_port >= 0:
+                rtmp = await nursery.start(ingest.serve, host, config.rtmp_port)
+            if config.rtmps_port >= 0:
+                context = load_ssl_context(config.rtmps_cert_file, config.rtmps_key_file)
+                rtmps = await nursery.start(ingest.serve, host, config.rtmps_port, context)
+        bound = Bound(http, health, prometheus, rtmp, rtmps)
+        parts = [f"api {http}"] + [f"{name} {addr}" for name, addr in
+                                   (("rtmp", rtmp), ("rtmps", rtmps)) if addr]
+        log.info("ingress service ready: %s, store %s", ", ".join(parts), config.store_path)
         task_status.started(bound)
         try:
             await trio.sleep_forever()

@@ -23,6 +23,8 @@ import yaml
 
 T = TypeVar("T")
 READY = re.compile(r"ingress service ready: api (http://\S+),")
+READY_RTMP = re.compile(r"ingress service ready: .*? rtmp ([\d.]+:\d+),")
+READY_RTMPS = re.compile(r"ingress service ready: .*? rtmps ([\d.]+:\d+),")
 
 
 class ServiceProcess:
@@ -48,6 +50,8 @@ class ServiceProcess:
         self.log_path = workdir / "service.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.rtmp_addr = ""  # host:port of the RTMP listener, when rtmp_port >= 0
+        self.rtmps_addr = ""
 
     def start(self, timeout: float = 20.0) -> str:
         self.config_path.write_text(yaml.safe_dump(self.config))
@@ -66,6 +70,10 @@ class ServiceProcess:
             match = READY.search(text)
             if match:
                 self.url = match.group(1)
+                line = text[match.start():text.find("\n", match.start())]
+                rtmp, rtmps = READY_RTMP.search(line), READY_RTMPS.search(line)
+                self.rtmp_addr = rtmp.group(1) if rtmp else ""
+                self.rtmps_addr = rtmps.group(1) if rtmps else ""
                 return self.url
             if self.proc.poll() is not None:
                 raise RuntimeError(f"service exited ({self.proc.returncode}):\n{text}")

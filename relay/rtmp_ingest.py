@@ -1,0 +1,554 @@
+"""RTMP and RTMPS ingest: the trio server around the sans-IO core in `rtmp`.
+
+One task (and one nursery) per TCP connection. A connection goes through two phases:
+
+1. **Admission**, bounded by ``handshake_timeout`` from the TCP accept: the TLS handshake
+   (RTMPS), the RTMP handshake, ``connect``, ``createStream`` and ``publish``. A peer
+   that dribbles bytes (slowloris) is cut when the timeout expires. The stream key (the
+   last segment of the publish name) is looked up in the store and the publish refused
+   with an error ``onStatus`` (then the connection is closed) when:
+
+   ============================== ============================ ======================
+   case                           status code                  description
+   ============================== ============================ ======================
+   unknown stream key             NetStream.Publish.BadName    ``unknown stream key``
+   ``enabled == false``           NetStream.Publish.Denied     ``session is disabled``
+   not an RTMP_INPUT ingress      NetStream.Publish.Denied     ``ingress is not an RTMP ingress``
+   ingress has no room_name       NetStream.Publish.Denied     ``no room name``
+   node draining (shutdown)       NetStream.Publish.Denied     ``server shutting down``
+   ============================== ============================ ======================
+
+2. **Live**: the session is registered in the :class:`~relay.sessions.SessionRegistry`
+   under the ingress id (a newer publisher on the same key cancels this one: takeover;
+   DeleteIngress/UpdateIngress cancel it too), the state becomes ENDPOINT_BUFFERING with
+   a fresh ``RT_`` resource id and ``started_at``, and media events flow to
+   :class:`InputStats` and, if configured, a :class:`MediaSink`. The connection ends on
+   the publisher's FCUnpublish/deleteStream or disconnect (state ENDPOINT_INACTIVE), on
+   a protocol error or ``idle_timeout`` seconds without a byte (ENDPOINT_ERROR with the
+   reason), or when cancelled (ENDPOINT_INACTIVE). The final state keeps the session's
+   ``started_at``, so the store refuses it once a newer session has written its own.
+
+Media boundary (what the media pipeline of the next issue plugs into): a
+:data:`SinkFactory` is called once per accepted publish with its :class:`PublishContext`
+and returns an async context manager yielding a :class:`MediaSink`; the connection task
+awaits ``sink.send(event)`` for every media event (and ``onMetaData``) in arrival order.
+A sink that blocks (e.g. a full bounded ``trio`` memory channel) stops the connection
+from reading, which back-pressures the encoder over TCP; if it blocks longer than
+``idle_timeout`` the session ends with an error. Leaving the context manager is the
+sink's cleanup; it runs inside the connection's nursery, so tasks the sink starts there
+end with the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+from livekit.protocol import ingress as pb
+
+import rtmp
+from api.ids import RTMP_RESOURCE_PREFIX, new_resource_id
+from api.store import IngressStore
+
+from . import metrics
+from .sessions import SessionRegistry
+
+log = logging.getLogger(__name__)
+
+RECEIVE_SIZE = 65536
+PROGRESS_INTERVAL = 2.0  # seconds between DEBUG progress lines of a live session
+FLUSH_TIMEOUT = 2.0  # seconds to deliver a refusal or a final reply before closing
+DRAIN_TIMEOUT = 2.0  # seconds to wait for the publisher's own close after a clean end
+STATE_WRITE_TIMEOUT = 5.0
+
+UNKNOWN_KEY = "unknown stream key"
+DISABLED = "session is disabled"
+NOT_RTMP = "ingress is not an RTMP ingress"
+NO_ROOM = "no room name"
+SHUTTING_DOWN = "server shutting down"
+ONE_PUBLISH = "one publish per connection"
+CLEAN_END = "publisher ended the stream"
+
+SinkEvent = rtmp.MediaEvent | rtmp.Metadata
+_MEDIA_TYPES = (*rtmp.MEDIA_EVENTS, rtmp.Metadata)
+
+
+# -- the media boundary -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishContext:
+    """What a sink learns about the publish it serves."""
+
+    info: pb.IngressInfo
+    resource_id: str
+    started_at: int
+    peer: str
+    tls: bool
+    publish_name: str
+    app: str
+
+
+class MediaSink(Protocol):
+    """Consumes the media events of one accepted publish, in arrival order."""
+
+    async def send(self, event: SinkEvent) -> None:
+        """Take one event; may block to push back on the publisher (see module docs)."""
+
+
+SinkFactory = Callable[[PublishContext], AbstractAsyncContextManager[MediaSink]]
+
+
+@dataclass
+class TrackStats:
+    """Counters of one track (``video`` or ``audio`` with its track id)."""
+
+    kind: str
+    codec: str = ""
+    frames: int = 0
+    keyframes: int = 0
+    bytes: int = 0
+    first_dts: int | None = None
+    last_dts: int = 0
+    configs: int = 0
+    sample_rate: int = 0
+    channels: int = 0
+
+    @property
+    def duration_ms(self) -> int:
+        return 0 if self.first_dts is None else self.last_dts - self.first_dts
+
+    @property
+    def fps(self) -> float:
+        d = self.duration_ms
+        return (self.frames - 1) * 1000.0 / d if d > 0 and self.frames > 1 else 0.0
+
+    @property
+    def kbps(self) -> float:
+        d = self.duration_ms
+        return self.bytes * 8.0 / d if d > 0 else 0.0
+
+    def describe(self, meta: dict[str, Any]) -> str:
+        parts = [f"{self.kind} {self.codec or '-'}"]
+        if self.kind == "video":
+            w, h = meta.get("width"), meta.get("height")
+            if _positive(w) and _positive(h):
+                parts.append(f"{int(w)}x{int(h)}")
+            parts.append(f"frames={self.frames} keyframes={self.keyframes}")
+        else:
+            if self.sample_rate:
+                parts.append(f"{self.sample_rate}Hz {self.channels}ch")
+            parts.append(f"frames={self.frames}")
+        parts.append(f"bytes={self.bytes} dts={self.first_dts or 0}..{self.last_dts}")
+        parts.append(f"fps={self.fps:.2f} kbps={self.kbps:.0f}")
+        return " ".join(parts)
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+@dataclass
+class InputStats:
+    """Per-track frame/byte counts and the input description (a :class:`MediaSink`).
+
+    Kept for every live session whatever sink is configured: it feeds the session's
+    log lines now and the IngressState input fields (width, height, framerate,
+    average_bitrate) once a pipeline reports PUBLISHING.
+    """
+
+    tracks: dict[tuple[str, int], TrackStats] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    unsupported: int = 0
+
+    async def send(self, event: SinkEvent) -> None:
+        self.observe(event)
+
+    def _track(self, kind: str, track_id: int) -> TrackStats:
+        key = (kind, track_id)
+        st = self.tracks.get(key)
+        if st is None:
+            st = self.tracks[key] = TrackStats(kind)
+        return st
+
+    def observe(self, event: SinkEvent) -> None:
+        t = type(event)
+        if t is rtmp.VideoFrame or t is rtmp.AudioFrame:
+            st = self._track("video" if t is rtmp.VideoFrame else "audio", event.track_id)
+            st.codec = event.codec
+            st.frames += 1
+            st.bytes += len(event.data)
+            if st.first_dts is None:
+                st.first_dts = event.dts
+            st.last_dts = event.dts
+            if t is rtmp.VideoFrame and event.keyframe:
+                st.keyframes += 1
+        elif t is rtmp.VideoConfig:
+            st = self._track("video", event.track_id)
+            st.codec, st.configs = event.codec, st.configs + 1
+        elif t is rtmp.AudioConfig:
+            st = self._track("audio", event.track_id)
+            st.codec, st.configs = event.codec, st.configs + 1
+            st.sample_rate, st.channels = event.sample_rate, event.channels
+        elif t is rtmp.Metadata:
+            self.metadata = dict(event.values)
+        elif t is rtmp.UnsupportedMedia:
+            self.unsupported += 1
+
+    def describe(self) -> str:
+        if not self.tracks:
+            return "no media"
+        text = "; ".join(st.describe(self.metadata) for st in self.tracks.values())
+        return text + (f"; unsupported={self.unsupported}" if self.unsupported else "")
+
+    @property
+    def frames(self) -> int:
+        return sum(st.frames for st in self.tracks.values())
+
+
+# -- settings and server ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RtmpSettings:
+    """Limits of the RTMP/RTMPS listeners (config keys ``rtmp_*``, see relay/config.py)."""
+
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 30.0
+    max_message_size: int = 8 * 1024 * 1024
+    max_connections: int = 500
+
+
+class RtmpIngest:
+    """Accepts RTMP(S) connections and runs each as an ingest session."""
+
+    def __init__(
+        self,
+        store: IngressStore,
+        sessions: SessionRegistry,
+        settings: RtmpSettings | None = None,
+        *,
+        sink_factory: SinkFactory | None = None,
+        draining: Callable[[], bool] = lambda: False,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.settings = settings or RtmpSettings()
+        self.sink_factory = sink_factory
+        self.draining = draining
+        self.clock_ns = clock_ns
+        self.connections = 0
+
+    async def serve(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on host:port (0 = ephemeral) and report ``host:port`` once bound."""
+        listeners = await trio.open_tcp_listeners(port, host=host or None)
+        sockname = listeners[0].socket.getsockname()
+        bound = f"{sockname[0]}:{sockname[1]}"
+        scheme = "rtmps" if ssl_context else "rtmp"
+        log.info("%s listening on %s", scheme, bound)
+
+        async def handler(stream: trio.SocketStream) -> None:
+            await self.handle(stream, ssl_context)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, handler, listeners)
+            task_status.started(bound)
+
+    async def handle(self, tcp: trio.SocketStream, ssl_context: ssl.SSLContext | None) -> None:
+        """Run one connection to its end; never raises (except Cancelled)."""
+        peer = _peer(tcp)
+        scheme = "rtmps" if ssl_context else "rtmp"
+        if self.connections >= self.settings.max_connections:
+            log.warning("%s connection from %s refused: max connections (%d) reached",
+                        scheme, peer, self.settings.max_connections)
+            await trio.aclose_forcefully(tcp)
+            return
+        self.connections += 1
+        stream: trio.abc.Stream = tcp
+        if ssl_context is not None:
+            stream = trio.SSLStream(tcp, ssl_context, server_side=True)
+        try:
+            async with trio.open_nursery() as nursery:
+                conn = _Connection(self, stream, peer, scheme, nursery)
+                await conn.run()
+                nursery.cancel_scope.cancel()
+        except Exception:
+            log.exception("%s connection from %s: unexpected error", scheme, peer)
+        finally:
+            self.connections -= 1
+            await trio.aclose_forcefully(stream)
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        addr = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+
+
+def load_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+def _redact(key: str) -> str:
+    """Enough of a stream key to match it up in logs, not enough to use it."""
+    return key[:4] + "..." if len(key) > 6 else "..."
+
+
+def _transcoding(info: pb.IngressInfo) -> str:
+    if info.HasField("enable_transcoding"):
+        return "true" if info.enable_transcoding else "false"
+    return "false" if info.bypass_transcoding else "true"
+
+
+class _Closed(Exception):
+    """The peer went away (EOF, reset, TLS failure); the message says how."""
+
+
+class _Connection:
+    def __init__(self, ingest: RtmpIngest, stream: trio.abc.Stream, peer: str, scheme: str,
+                 nursery: trio.Nursery) -> None:
+        self.ingest = ingest
+        self.stream = stream
+        self.peer = peer
+        self.scheme = scheme
+        self.nursery = nursery
+        self.session = rtmp.ServerSession(
+            rtmp.SessionConfig(max_message_size=ingest.settings.max_message_size))
+        self.stats = InputStats()
+        self.live = False  # between accept and the final state write
+
+    # -- I/O helpers ------------------------------------------------------------------
+    async def _receive(self) -> bytes:
+        try:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+        except trio.BrokenResourceError as exc:
+            cause = exc.__cause__ or exc
+            raise _Closed(f"connection lost ({type(cause).__name__}: {cause})") from None
+        if not data:
+            raise _Closed("publisher closed the connection")
+        return data
+
+    async def _flush(self) -> None:
+        out = self.session.data_to_send()
+        if out:
+            try:
+                await self.stream.send_all(out)
+            except trio.BrokenResourceError as exc:
+                cause = exc.__cause__ or exc
+                raise _Closed(f"connection lost ({type(cause).__name__}: {cause})") from None
+
+    async def _flush_briefly(self) -> None:
+        with trio.move_on_after(FLUSH_TIMEOUT):
+            with suppress(_Closed, rtmp.RTMPProtocolError):
+                await self._flush()
+
+    # -- phases -----------------------------------------------------------------------
+    async def run(self) -> None:
+        s = self.ingest.settings
+        who = f"{self.scheme} connection from {self.peer}"
+        request: rtmp.PublishRequested | None = None
+        try:
+            with trio.move_on_after(s.handshake_timeout):
+                if isinstance(self.stream, trio.SSLStream):
+                    try:
+                        await self.stream.do_handshake()
+                    except trio.BrokenResourceError as exc:
+                        raise _Closed(f"TLS handshake failed: {exc.__cause__ or exc}") from None
+                request = await self._until_publish()
+        except _Closed as exc:
+            log.info("%s ended before publishing: %s", who, exc)
+            return
+        except rtmp.RTMPProtocolError as exc:
+            log.warning("%s closed: protocol error before publishing: %s", who, exc)
+            return
+        if request is None:
+            log.warning("%s closed: no publish request within %g s (handshake timeout)",
+                        who, s.handshake_timeout)
+            return
+        info, code, refusal = await self._admit(request)
+        if refusal:
+            self.session.reject_publish(refusal, code=code)
+            await self._flush_briefly()
+            ingress = f" (ingress {info.ingress_id})" if info is not None else ""
+            log.warning("%s: publish (app %r, key %s) refused%s: %s", who, request.app,
+                        _redact(request.stream_key), ingress, refusal)
+            metrics.PUBLISH_STATUS.labels("rtmp", "rejected").inc()
+            return
+        assert info is not None
+        await self._live(request, info)
+
+    async def _until_publish(self) -> rtmp.PublishRequested:
+        session = self.session
+        while True:
+            while (event := session.next_event()) is not None:
+                if isinstance(event, rtmp.PublishRequested):
+                    await self._flush()
+                    return event
+                if isinstance(event, rtmp.Connected):
+                    log.debug("%s connection from %s: connect app=%r tcUrl=%r flashVer=%r",
+                              self.scheme, self.peer, event.app, event.tc_url, event.flash_ver)
+            await self._flush()
+            session.receive_data(await self._receive())
+
+    async def _admit(self, request: rtmp.PublishRequested
+                     ) -> tuple[pb.IngressInfo | None, str, str]:
+        """(ingress, status code, refusal text); empty text means accepted."""
+        denied = rtmp.STATUS_DENIED
+        if self.ingest.draining():
+            return None, denied, SHUTTING_DOWN
+        info = await self.ingest.store.get_by_stream_key(request.stream_key)
+        if info is None:
+            return None, rtmp.STATUS_BAD_NAME, UNKNOWN_KEY
+        if info.input_type != pb.IngressInput.RTMP_INPUT:
+            return info, denied, NOT_RTMP
+        if info.HasField("enabled") and not info.enabled:
+            return info, denied, DISABLED
+        if not info.room_name:
+            return info, denied, NO_ROOM
+        return info, "", ""
+
+    async def _live(self, request: rtmp.PublishRequested, info: pb.IngressInfo) -> None:
+        ingest, s = self.ingest, self.ingest.settings
+        ingress_id = info.ingress_id
+        resource_id = new_resource_id(RTMP_RESOURCE_PREFIX)
+        started_at = ingest.clock_ns()
+        who = f"{self.scheme} session {resource_id} of {ingress_id} from {self.peer}"
+        state = pb.IngressState(status=pb.IngressState.ENDPOINT_BUFFERING,
+                                resource_id=resource_id, started_at=started_at,
+                                updated_at=started_at)
+        status, error, reason = pb.IngressState.ENDPOINT_INACTIVE, "", ""
+        began = trio.current_time()
+        with trio.CancelScope() as scope, ingest.sessions.register(ingress_id, resource_id,
+                                                                   scope) as live:
+            try:
+                if not await ingest.store.update_state(ingress_id, state):
+                    if await ingest.store.get(ingress_id) is None:
+                        self.session.reject_publish(UNKNOWN_KEY)
+                        await self._flush_briefly()
+                        reason = "refused: the ingress was deleted while admitting"
+                        return
+                    log.warning("%s: the store holds a newer state; publishing anyway", who)
+                self.session.accept_publish()
+                self.live = True
+                await self._flush()
+                log.info("%s: publishing to room %r as %r (app %r)", who, info.room_name,
+                         info.participant_identity, request.app)
+                metrics.INGRESS_REQUESTS.labels("rtmp", _transcoding(info)).inc()
+                self.nursery.start_soon(self._report_progress, who)
+                ctx = PublishContext(info, resource_id, started_at, self.peer,
+                                     self.scheme == "rtmps", request.publish_name, request.app)
+                reason = await self._pump(request.stream_id, ctx)
+            except _Closed as exc:
+                reason = str(exc)
+            except rtmp.RTMPProtocolError as exc:
+                status, error = pb.IngressState.ENDPOINT_ERROR, f"RTMP protocol error: {exc}"
+                reason = error
+            except _IdleTimeout:
+                status = pb.IngressState.ENDPOINT_ERROR
+                error = reason = f"no data from the publisher for {s.idle_timeout:g} s"
+            except Exception as exc:  # a bug (ours or a sink's): end this session only
+                log.exception("%s: unexpected error", who)
+                status = pb.IngressState.ENDPOINT_ERROR
+                error = reason = f"internal error: {type(exc).__name__}"
+            finally:
+                self.live = False
+                if not reason:  # cancelled: takeover, delete, update, shutdown
+                    reason = live.stop_reason or "cancelled"
+                await self._finish(ingress_id, started_at, status, error)
+                elapsed = trio.current_time() - began
+                failed = status == pb.IngressState.ENDPOINT_ERROR
+                log.log(logging.WARNING if failed else logging.INFO,
+                        "%s ended after %.1f s: %s; %s", who, elapsed, reason,
+                        self.stats.describe())
+                metrics.PUBLISH_STATUS.labels("rtmp", pb.IngressState.Status.Name(status)).inc()
+        if reason == CLEAN_END:
+            await self._drain()
+
+    async def _finish(self, ingress_id: str, started_at: int, status: int, error: str) -> None:
+        ended = self.ingest.clock_ns()
+        final = pb.IngressState(status=status, error=error, started_at=started_at,
+                                ended_at=ended, updated_at=ended)
+        with trio.move_on_after(STATE_WRITE_TIMEOUT, shield=True):
+            try:
+                await self.ingest.store.update_state(ingress_id, final)
+            except Exception:
+                log.exception("could not write the final state of %s", ingress_id)
+
+    async def _pump(self, stream_id: int, ctx: PublishContext) -> str:
+        ingest = self.ingest
+        if ingest.sink_factory is None:
+            return await self._pump_into(stream_id, None)
+        async with ingest.sink_factory(ctx) as sink:
+            return await self._pump_into(stream_id, sink)
+
+    async def _pump_into(self, stream_id: int, sink: MediaSink | None) -> str:
+        session, stats, stream = self.session, self.stats, self.stream
+        idle_timeout = self.ingest.settings.idle_timeout
+        media = _MEDIA_TYPES
+        with trio.CancelScope() as idle:
+            while True:
+                idle.deadline = trio.current_time() + idle_timeout
+                session.receive_data(await self._receive())
+                ended = False
+                while (event := session.next_event()) is not None:
+                    if isinstance(event, media):
+                        stats.observe(event)
+                        if sink is not None:
+                            await sink.send(event)
+                    elif isinstance(event, rtmp.StreamEnded):
+                        ended = ended or event.stream_id == stream_id
+                    elif isinstance(event, rtmp.PublishRequested):
+                        session.reject_publish(ONE_PUBLISH, code=rtmp.STATUS_DENIED)
+                out = session.data_to_send()
+                if out:
+                    try:
+                        await stream.send_all(out)
+                    except trio.BrokenResourceError:
+                        raise _Closed("connection lost while sending") from None
+                if ended:
+                    return CLEAN_END
+        raise _IdleTimeout
+
+    async def _drain(self) -> None:
+        """Let the publisher close first (it may still send deleteStream)."""
+        with trio.move_on_after(DRAIN_TIMEOUT):
+            with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                while await self.stream.receive_some(RECEIVE_SIZE):
+                    pass
+
+    async def _report_progress(self, who: str) -> None:
+        while True:
+            await trio.sleep(PROGRESS_INTERVAL)
+            if not self.live:
+                return
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s live: %s", who, self.stats.describe())
+
+
+class _IdleTimeout(Exception):
+    pass
+
+
+@asynccontextmanager
+async def stats_sink(ctx: PublishContext) -> AsyncIterator[MediaSink]:
+    """A SinkFactory that only counts (what runs when no pipeline is configured)."""
+    yield InputStats()
