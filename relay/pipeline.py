@@ -23,6 +23,7 @@ import rtmp
 from api.store import IngressStore
 from api.validation import transcoding_enabled
 
+from .sink import MediaFailure, PublishContext
 from .tokens import participant_token
 from .trio_util import unwrap_single_exception
 from .wire import Start, StateReport
@@ -31,10 +32,6 @@ from .worker_client import SessionWorker, open_session_worker
 log = logging.getLogger(__name__)
 
 FORWARDED = (rtmp.VideoConfig, rtmp.VideoFrame, rtmp.AudioConfig, rtmp.AudioFrame)
-
-
-class MediaFailure(Exception):
-    """The media pipeline of a session failed; the message is the ingress' error text."""
 
 
 class WorkerSink:
@@ -75,12 +72,12 @@ class WorkerSinkFactory:
         self.api_secret = api_secret
         self.clock_ns = clock_ns
 
-    def __call__(self, ctx: Any) -> Any:
+    def __call__(self, ctx: PublishContext) -> Any:
         return self._sink(ctx)
 
     @asynccontextmanager
-    async def _sink(self, ctx: Any) -> AsyncIterator[WorkerSink]:
-        info: pb.IngressInfo = ctx.info
+    async def _sink(self, ctx: PublishContext) -> AsyncIterator[WorkerSink]:
+        info = ctx.info
         start = Start(self.ws_url, participant_token(self.api_key, self.api_secret, info,
                                                      ctx.resource_id),
                       info.SerializeToString(), transcode=transcoding_enabled(info))
@@ -98,7 +95,7 @@ class WorkerSinkFactory:
         if worker.failure:
             raise MediaFailure(worker.failure)
 
-    async def _apply_reports(self, worker: SessionWorker, ctx: Any) -> None:
+    async def _apply_reports(self, worker: SessionWorker, ctx: PublishContext) -> None:
         async for report in worker.reports:
             if report.status not in ("publishing", "stats"):
                 continue

@@ -28,7 +28,7 @@ One task (and one nursery) per TCP connection. A connection goes through two pha
    reason), or when cancelled (ENDPOINT_INACTIVE). The final state keeps the session's
    ``started_at``, so the store refuses it once a newer session has written its own.
 
-Media boundary (what the media pipeline of the next issue plugs into): a
+Media boundary (relay/sink.py, shared by every ingest front): a
 :data:`SinkFactory` is called once per accepted publish with its :class:`PublishContext`
 and returns an async context manager yielding a :class:`MediaSink`; the connection task
 awaits ``sink.send(event)`` for every media event (and ``onMetaData``) in arrival order.
@@ -46,9 +46,9 @@ import math
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 from livekit.protocol import ingress as pb
@@ -59,6 +59,7 @@ from api.store import IngressStore
 
 from . import metrics
 from .sessions import SessionRegistry
+from .sink import MediaFailure, MediaSink, PublishContext, SinkEvent, SinkFactory
 
 log = logging.getLogger(__name__)
 
@@ -76,34 +77,12 @@ SHUTTING_DOWN = "server shutting down"
 ONE_PUBLISH = "one publish per connection"
 CLEAN_END = "publisher ended the stream"
 
-SinkEvent = rtmp.MediaEvent | rtmp.Metadata
 _MEDIA_TYPES = (*rtmp.MEDIA_EVENTS, rtmp.Metadata)
 
 
 # -- the media boundary -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PublishContext:
-    """What a sink learns about the publish it serves."""
-
-    info: pb.IngressInfo
-    resource_id: str
-    started_at: int
-    peer: str
-    tls: bool
-    publish_name: str
-    app: str
-
-
-class MediaSink(Protocol):
-    """Consumes the media events of one accepted publish, in arrival order."""
-
-    async def send(self, event: SinkEvent) -> None:
-        """Take one event; may block to push back on the publisher (see module docs)."""
-
-
-SinkFactory = Callable[[PublishContext], AbstractAsyncContextManager[MediaSink]]
 
 
 @dataclass
@@ -465,6 +444,9 @@ class _Connection:
             except _IdleTimeout:
                 status = pb.IngressState.ENDPOINT_ERROR
                 error = reason = f"no data from the publisher for {s.idle_timeout:g} s"
+            except MediaFailure as exc:  # the pipeline failed: its text is the error
+                status = pb.IngressState.ENDPOINT_ERROR
+                error = reason = str(exc)
             except Exception as exc:  # a bug (ours or a sink's): end this session only
                 log.exception("%s: unexpected error", who)
                 status = pb.IngressState.ENDPOINT_ERROR

@@ -22,6 +22,7 @@ from api.twirp import TwirpServer
 
 from .config import Config
 from .ops import NodeStatus
+from .pipeline import WorkerSinkFactory
 from .rtmp_ingest import RtmpIngest, RtmpSettings, load_ssl_context
 from .sessions import SessionRegistry
 
@@ -73,13 +74,19 @@ async def serve(config: Config,
             prometheus = (await nursery.start(_serve_http, ops_app, host,
                                               config.prometheus_port))[0]
         rtmp = rtmps = None
+        sink_factory = None
+        if config.ws_url:
+            sink_factory = WorkerSinkFactory(store, config.ws_url, config.api_key,
+                                             config.api_secret)
+        else:
+            log.warning("no ws_url configured: sessions are accepted but publish nowhere")
         if config.rtmp_port >= 0 or config.rtmps_port >= 0:
             ingest = RtmpIngest(store, sessions, RtmpSettings(
                 handshake_timeout=config.rtmp_handshake_timeout,
                 idle_timeout=config.rtmp_idle_timeout,
                 max_message_size=config.rtmp_max_message_size,
                 max_connections=config.rtmp_max_connections,
-            ), draining=lambda: status.draining)
+            ), sink_factory=sink_factory, draining=lambda: status.draining)
             if config.rtmp_port >= 0:
                 rtmp = await nursery.start(ingest.serve, host, config.rtmp_port)
             if config.rtmps_port >= 0:

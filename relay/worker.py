@@ -16,8 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import av
 import trio
@@ -76,7 +75,11 @@ class FrameRateLimiter:
 
 @dataclass
 class InputStats:
-    """What the source sends, for IngressState.video/audio (refreshed periodically)."""
+    """What the source sends, for IngressState.video/audio (refreshed periodically).
+
+    Rates are measured in media time (first to last timestamp), not wall time, so a
+    publisher's initial burst does not show as a frame rate above the source's.
+    """
 
     mime: str = ""
     width: int = 0
@@ -85,18 +88,29 @@ class InputStats:
     bytes: int = 0
     sample_rate: int = 0
     channels: int = 0
-    started: float = field(default_factory=time.monotonic)
+    first_ms: int | None = None
+    last_ms: int = 0
+
+    def count(self, timestamp_ms: int, size: int) -> None:
+        if self.first_ms is None:
+            self.first_ms = timestamp_ms
+        self.last_ms = max(self.last_ms, timestamp_ms)
+        self.frames += 1
+        self.bytes += size
+
+    def _seconds(self) -> float:
+        return max((self.last_ms - (self.first_ms or 0)) / 1000, 1e-3)
 
     def as_video(self) -> dict[str, object]:
-        elapsed = max(time.monotonic() - self.started, 1e-3)
+        fps = (self.frames - 1) / self._seconds() if self.frames > 1 else 0.0
         return {"mime_type": self.mime, "width": self.width, "height": self.height,
-                "framerate": round(self.frames / elapsed, 2),
-                "average_bitrate": int(self.bytes * 8 / elapsed)}
+                "framerate": round(fps, 2),
+                "average_bitrate": int(self.bytes * 8 / self._seconds())}
 
     def as_audio(self) -> dict[str, object]:
-        elapsed = max(time.monotonic() - self.started, 1e-3)
         return {"mime_type": self.mime, "channels": self.channels,
-                "sample_rate": self.sample_rate, "average_bitrate": int(self.bytes * 8 / elapsed)}
+                "sample_rate": self.sample_rate,
+                "average_bitrate": int(self.bytes * 8 / self._seconds())}
 
 
 MIME = {"h264": "video/h264", "hevc": "video/h265", "av1": "video/av1", "vp8": "video/vp8",
@@ -271,8 +285,7 @@ class Session:
                         return message
                     if isinstance(message, rtmp.VideoConfig | rtmp.VideoFrame):
                         if isinstance(message, rtmp.VideoFrame):
-                            self.video_in.frames += 1
-                            self.video_in.bytes += len(message.data)
+                            self.video_in.count(message.dts, len(message.data))
                             if skip_video and not message.keyframe:
                                 self.dropped_video += 1
                                 continue
@@ -286,8 +299,7 @@ class Session:
                             self.dropped_video += 1
                     elif isinstance(message, rtmp.AudioConfig | rtmp.AudioFrame):
                         if isinstance(message, rtmp.AudioFrame):
-                            self.audio_in.frames += 1
-                            self.audio_in.bytes += len(message.data)
+                            self.audio_in.count(message.dts, len(message.data))
                         await audio.send(message)
 
     async def report_stats(self) -> None:

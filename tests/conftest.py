@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.livekit import LiveKitServer
 from tests.service import ServiceProcess
 
 # The dev and test secrets are short on purpose in places; PyJWT's advice is noise here.
@@ -27,3 +28,12 @@ def fresh_service(tmp_path: Path) -> Iterator[ServiceProcess]:
     proc.start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def livekit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
+    """A real livekit-server on 127.0.0.1 for the whole run (started on first use)."""
+    server = LiveKitServer(tmp_path_factory.mktemp("livekit"))
+    server.start()
+    yield server
+    server.stop()

@@ -32,8 +32,8 @@ class ServiceProcess:
 
     def __init__(self, workdir: Path, **config: Any) -> None:
         self.workdir = workdir
-        self.api_key = "APIkey" + secrets.token_hex(4)
-        self.api_secret = secrets.token_urlsafe(32)
+        self.api_key = config.pop("api_key", "APIkey" + secrets.token_hex(4))
+        self.api_secret = config.pop("api_secret", secrets.token_urlsafe(32))
         self.config: dict[str, Any] = {
             "api_key": self.api_key,
             "api_secret": self.api_secret,

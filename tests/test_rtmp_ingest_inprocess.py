@@ -15,8 +15,9 @@ from livekit.protocol import ingress as pb
 
 import rtmp
 from api.store import open_sqlite_store
-from relay.rtmp_ingest import MediaSink, PublishContext, RtmpIngest, RtmpSettings
+from relay.rtmp_ingest import RtmpIngest, RtmpSettings
 from relay.sessions import SessionRegistry
+from relay.sink import MediaSink, PublishContext
 from rtmp._chunks import MSG_AMF0_COMMAND
 from rtmp._handshake import client_c2, client_hello
 

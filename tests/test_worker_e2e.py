@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,14 +24,6 @@ from tests.livekit import API_KEY, API_SECRET, LiveKitServer, watch
 from tests.test_decode import events
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def livekit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
-    server = LiveKitServer(tmp_path_factory.mktemp("livekit"))
-    server.start()
-    yield server
-    server.stop()
 
 
 def ingress(room: str) -> pb.IngressInfo:

@@ -1,0 +1,185 @@
+"""RTMP from ffmpeg into a real LiveKit room, checked by a real subscriber.
+
+ffmpeg (Debian) publishes 1280x720 30 fps test video and a 440 Hz sine over RTMP
+to the service; the service's session worker publishes into livekit-server; a
+livekit SDK subscriber in the room checks the participant, its tracks, and the
+decoded media; the official API client checks IngressState along the way.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from livekit.protocol import ingress as pb
+from livekit.protocol import models
+
+from tests.livekit import API_KEY, API_SECRET, LiveKitServer, watch
+from tests.service import ServiceProcess
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def media_service(livekit: LiveKitServer, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[ServiceProcess]:
+    proc = ServiceProcess(tmp_path_factory.mktemp("media"), api_key=API_KEY,
+                          api_secret=API_SECRET, ws_url=livekit.url, rtmp_port=0)
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def publisher(addr: str, key: str, seconds: float, size: str = "1280x720",
+              video: bool = True, audio: bool = True) -> subprocess.Popen[bytes]:
+    args = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re"]
+    if video:
+        args += ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30"]
+    if audio:
+        args += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]
+    args += ["-t", str(seconds)]
+    if video:
+        args += ["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency",
+                 "-pix_fmt", "yuv420p", "-g", "60", "-bf", "0", "-b:v", "2500k"]
+    if audio:
+        args += ["-c:a", "aac", "-b:a", "128k"]
+    return subprocess.Popen([*args, "-f", "flv", f"rtmp://{addr}/live/{key}"],
+                            stderr=subprocess.PIPE)
+
+
+def create(service: ServiceProcess, room: str, identity: str) -> pb.IngressInfo:
+    async def call(client: Any) -> pb.IngressInfo:
+        return await client.create_ingress(pb.CreateIngressRequest(
+            input_type=pb.IngressInput.RTMP_INPUT, name="e2e", room_name=room,
+            participant_identity=identity, participant_name=f"{identity} name",
+            video=pb.IngressVideoOptions(name="camera", source=models.TrackSource.CAMERA),
+            audio=pb.IngressAudioOptions(name="microphone",
+                                         source=models.TrackSource.MICROPHONE)))
+
+    return service.api(call)
+
+
+def state(service: ServiceProcess, ingress_id: str) -> pb.IngressState:
+    async def call(client: Any) -> pb.IngressState:
+        items = (await client.list_ingress(pb.ListIngressRequest(ingress_id=ingress_id))).items
+        return items[0].state
+
+    return service.api(call)
+
+
+def wait_for(service: ServiceProcess, ingress_id: str, status: int, timeout: float = 20
+             ) -> pb.IngressState:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = state(service, ingress_id)
+        if current.status == status:
+            return current
+        time.sleep(0.25)
+    raise AssertionError(f"state stayed {current}")
+
+
+def test_rtmp_720p_with_tone_reaches_the_room(media_service: ServiceProcess,
+                                              livekit: LiveKitServer, tmp_path: Path) -> None:
+    info = create(media_service, "e2e-720p", "obs-1")
+    import threading
+
+    seen: list[Any] = []
+    viewer = threading.Thread(target=lambda: seen.append(
+        watch(livekit.url, "e2e-720p", 11.0)))
+    viewer.start()
+    ffmpeg = publisher(media_service.rtmp_addr, info.stream_key, seconds=10)
+    publishing = wait_for(media_service, info.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING)
+    time.sleep(6)  # let the periodic input-state refresh run
+    live = state(media_service, info.ingress_id)
+    assert ffmpeg.wait(30) == 0, ffmpeg.stderr.read() if ffmpeg.stderr else ""
+    viewer.join()
+    ended = wait_for(media_service, info.ingress_id, pb.IngressState.ENDPOINT_INACTIVE)
+
+    # IngressState through the official client
+    assert publishing.resource_id.startswith("RT_") and publishing.started_at > 0
+    assert publishing.room_id.startswith("RM_")
+    assert {(t.type, t.name, t.source) for t in live.tracks} == {
+        (models.TrackType.VIDEO, "camera", models.TrackSource.CAMERA),
+        (models.TrackType.AUDIO, "microphone", models.TrackSource.MICROPHONE)}
+    assert (live.video.mime_type, live.video.width, live.video.height) == (
+        "video/h264", 1280, 720)
+    assert 25 <= live.video.framerate <= 31 and live.video.average_bitrate > 500_000
+    assert live.audio.mime_type == "audio/aac" and live.audio.sample_rate == 44100
+    assert live.audio.channels == 1 and live.audio.average_bitrate > 0
+    assert ended.ended_at > ended.started_at == publishing.started_at
+
+    # what a subscriber got
+    (got,) = seen
+    who = got.participants["obs-1"]
+    assert who["name"] == "obs-1 name" and who["kind"] == 1  # INGRESS
+    assert who["attributes"]["ingress.ingressID"] == info.ingress_id
+    assert who["attributes"]["ingress.resourceID"] == publishing.resource_id
+    assert {(t["kind"], t["name"], t["source"]) for t in got.tracks} == {
+        (2, "camera", 1), (1, "microphone", 2)}
+    content = [s for s in got.video_sequence if s != (2, 2)]
+    # simulcast starts a new subscriber on the low layer and ramps up within a second
+    assert content.count((1280, 720)) > 0.9 * len(content) and len(content) > 150, (
+        got.video_sizes)
+    assert got.fps() >= 24, got.fps()
+    assert got.audio_rate == 48000
+    assert sorted(got.audio_rms)[len(got.audio_rms) // 2] > 1000, "the tone did not arrive"
+    assert "obs-1" in got.left  # the participant left when the source stopped
+
+
+def test_garbage_h264_ends_that_session_only(media_service: ServiceProcess,
+                                             livekit: LiveKitServer) -> None:
+    """Valid RTMP carrying broken H.264: that ingress ends in ERROR with a message,
+    while a healthy ingress publishing at the same time keeps reaching its viewer."""
+    import os
+    import threading
+
+    import rtmp
+    from rtmp._chunks import MSG_VIDEO
+    from tests.test_decode import events
+    from tests.test_rtmp_ingest import RawClient
+
+    healthy = create(media_service, "e2e-healthy", "healthy-1")
+    broken = create(media_service, "e2e-broken", "broken-1")
+    seen: list[Any] = []
+    viewer = threading.Thread(target=lambda: seen.append(
+        watch(livekit.url, "e2e-healthy", 12.0)))
+    viewer.start()
+    ffmpeg = publisher(media_service.rtmp_addr, healthy.stream_key, seconds=12,
+                       size="320x240")
+    wait_for(media_service, healthy.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING)
+
+    avcc = next(e for e in events("ffmpeg51_h264_aac") if isinstance(e, rtmp.VideoConfig))
+    client = RawClient(media_service.rtmp_addr)
+    client.handshake()
+    sid, status = client.publish(broken.stream_key)
+    assert status["code"] == "NetStream.Publish.Start"
+    client.send(6, MSG_VIDEO, sid, 0, b"\x17\x00\x00\x00\x00" + avcc.config)
+    disconnected = False
+    for i in range(400):
+        frame_type = 0x17 if i == 0 else 0x27
+        nal = os.urandom(120)
+        try:
+            client.send(6, MSG_VIDEO, sid, i * 33, bytes([frame_type, 1, 0, 0, 0])
+                        + len(nal).to_bytes(4, "big") + nal)
+        except (BrokenPipeError, ConnectionResetError):
+            disconnected = True  # the session ended and closed the connection
+            break
+        time.sleep(0.01)
+    failed = wait_for(media_service, broken.ingress_id, pb.IngressState.ENDPOINT_ERROR)
+    failed_at = time.monotonic()
+    assert "h264 decoding failed" in failed.error, failed.error
+    assert disconnected or client.closed_within(5) is not None
+    client.close()
+
+    still = state(media_service, healthy.ingress_id)
+    assert still.status == pb.IngressState.ENDPOINT_PUBLISHING
+    assert ffmpeg.wait(30) == 0
+    viewer.join()
+    (got,) = seen
+    after = [t for t in got.video_times if t > failed_at + 0.5]
+    assert len(after) > 30, "the healthy ingress stopped reaching its viewer"
+    assert media_service.alive
