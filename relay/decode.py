@@ -38,28 +38,30 @@ def _open(name: str, fallback: str, extradata: bytes | None) -> av.CodecContext:
     return ctx
 
 
-class VideoDecoder:
-    """One video stream: codec config in, `av.VideoFrame`s with `pts` in ms out."""
+class _Decoder:
+    """What video and audio decoders share: opening by codec, packet in, frames out."""
 
-    def __init__(self, config: rtmp.VideoConfig | None, codec: str | None = None) -> None:
+    KIND = ""
+    DECODERS: dict[str, str] = {}
+
+    def __init__(self, config: rtmp.VideoConfig | rtmp.AudioConfig | None,
+                 codec: str | None = None) -> None:
         codec = config.codec if config is not None else codec
-        if codec not in VIDEO_DECODERS:
-            raise DecodeError(f"unsupported video codec {codec}")
+        if codec not in self.DECODERS:
+            raise DecodeError(f"unsupported {self.KIND} codec {codec}")
         self.codec = codec
-        extradata = config.config if config is not None and config.config else None
-        if codec == "av1" and extradata and config is not None and config.record_type != "av1C":
-            extradata = None
         try:
-            self._ctx = _open(VIDEO_DECODERS[codec], codec, extradata)
+            self._ctx = _open(self.DECODERS[codec], codec, self._extradata(config))
         except (av.error.FFmpegError, ValueError) as exc:
             raise DecodeError(f"cannot open the {codec} decoder: {exc}") from exc
         self.errors = 0
 
-    def decode(self, frame: rtmp.VideoFrame) -> list[av.VideoFrame]:
-        packet = av.Packet(frame.data)
-        packet.pts, packet.dts, packet.time_base = frame.pts, frame.dts, MS
-        if frame.keyframe:
-            packet.is_keyframe = True
+    @staticmethod
+    def _extradata(config: rtmp.VideoConfig | rtmp.AudioConfig | None) -> bytes | None:
+        return config.config if config is not None and config.config else None
+
+    def _decode(self, packet: av.Packet) -> list:
+        packet.time_base = MS
         try:
             out = self._ctx.decode(packet)
         except av.error.FFmpegError as exc:
@@ -68,6 +70,29 @@ class VideoDecoder:
         for decoded in out:
             decoded.time_base = MS
         return list(out)
+
+
+class VideoDecoder(_Decoder):
+    """One video stream: codec config in, `av.VideoFrame`s with `pts` in ms out."""
+
+    KIND = "video"
+    DECODERS = VIDEO_DECODERS
+
+    @staticmethod
+    def _extradata(config: rtmp.VideoConfig | rtmp.AudioConfig | None) -> bytes | None:
+        if not isinstance(config, rtmp.VideoConfig) or not config.config:
+            return None
+        # an AV1 config that is not an av1C record (e.g. from MPEG-TS) is not extradata
+        if config.codec == "av1" and config.record_type != "av1C":
+            return None
+        return config.config
+
+    def decode(self, frame: rtmp.VideoFrame) -> list[av.VideoFrame]:
+        packet = av.Packet(frame.data)
+        packet.pts, packet.dts = frame.pts, frame.dts
+        if frame.keyframe:
+            packet.is_keyframe = True
+        return self._decode(packet)
 
     def flush(self) -> list[av.VideoFrame]:
         try:
@@ -76,31 +101,18 @@ class VideoDecoder:
             return []
 
 
-class AudioDecoder:
+class AudioDecoder(_Decoder):
     """One audio stream: codec config in, `av.AudioFrame`s with `pts` in ms out."""
 
+    KIND = "audio"
+    DECODERS = AUDIO_DECODERS
+
     def __init__(self, config: rtmp.AudioConfig | None, codec: str | None = None) -> None:
-        codec = config.codec if config is not None else codec
-        if codec not in AUDIO_DECODERS:
-            raise DecodeError(f"unsupported audio codec {codec}")
-        self.codec = codec
-        extradata = config.config if config is not None and config.config else None
-        try:
-            self._ctx = _open(AUDIO_DECODERS[codec], codec, extradata)
-        except (av.error.FFmpegError, ValueError) as exc:
-            raise DecodeError(f"cannot open the {codec} decoder: {exc}") from exc
+        super().__init__(config, codec)
         if config is not None and config.sample_rate:
             self._ctx.sample_rate = config.sample_rate
-        self.errors = 0
 
     def decode(self, frame: rtmp.AudioFrame) -> list[av.AudioFrame]:
         packet = av.Packet(frame.data)
-        packet.pts, packet.dts, packet.time_base = frame.dts, frame.dts, MS
-        try:
-            out = self._ctx.decode(packet)
-        except av.error.FFmpegError as exc:
-            self.errors += 1
-            raise DecodeError(f"{self.codec} decoding failed: {exc}") from exc
-        for decoded in out:
-            decoded.time_base = MS
-        return list(out)
+        packet.pts, packet.dts = frame.dts, frame.dts
+        return self._decode(packet)

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import av
 import trio
@@ -117,6 +118,15 @@ MIME = {"h264": "video/h264", "hevc": "video/h265", "av1": "video/av1", "vp8": "
         "vp9": "video/vp9", "aac": "audio/aac", "mp3": "audio/mpeg", "opus": "audio/opus"}
 
 
+def _open_decoder(kind: type[VideoDecoder] | type[AudioDecoder], config: Any,
+                  codec: str | None = None) -> Any:
+    """A decoder, or SessionFailed: a stream we cannot decode cannot go on."""
+    try:
+        return kind(config, codec)
+    except DecodeError as exc:
+        raise SessionFailed(str(exc)) from exc
+
+
 class Session:
     """The stages of one session, connected by bounded channels."""
 
@@ -156,11 +166,12 @@ class Session:
         published: tuple[int, int] | None = None
         async for event in frames:
             if isinstance(event, rtmp.VideoConfig):
-                decoder = await trio.to_thread.run_sync(self._video_decoder, event)
+                decoder = await trio.to_thread.run_sync(_open_decoder, VideoDecoder, event)
                 self.video_in.mime = MIME.get(event.codec, event.codec)
                 continue
             if decoder is None:
-                decoder = await trio.to_thread.run_sync(self._video_decoder, None, event.codec)
+                decoder = await trio.to_thread.run_sync(_open_decoder, VideoDecoder, None,
+                                                        event.codec)
                 self.video_in.mime = MIME.get(event.codec, event.codec)
             try:
                 pictures = await trio.to_thread.run_sync(decoder.decode, event)
@@ -194,14 +205,6 @@ class Session:
                                              int((picture.pts or 0) * 1000))
 
     @staticmethod
-    def _video_decoder(config: rtmp.VideoConfig | None, codec: str | None = None
-                       ) -> VideoDecoder:
-        try:
-            return VideoDecoder(config, codec)
-        except DecodeError as exc:
-            raise SessionFailed(str(exc)) from exc
-
-    @staticmethod
     def _to_i420(reformatter: VideoReformatter, picture: av.VideoFrame, width: int,
                  height: int) -> bytes:
         if (picture.width, picture.height) != (width, height) or picture.format.name != (
@@ -224,13 +227,13 @@ class Session:
         published = False
         async for event in frames:
             if isinstance(event, rtmp.AudioConfig):
-                decoder = self._audio_decoder(event)
+                decoder = _open_decoder(AudioDecoder, event)
                 self.audio_in.mime = MIME.get(event.codec, event.codec)
                 self.audio_in.sample_rate, self.audio_in.channels = (event.sample_rate,
                                                                      event.channels)
                 continue
             if decoder is None:
-                decoder = self._audio_decoder(None, event.codec)
+                decoder = _open_decoder(AudioDecoder, None, event.codec)
                 self.audio_in.mime = MIME.get(event.codec, event.codec)
             try:
                 decoded = await trio.to_thread.run_sync(decoder.decode, event)
@@ -255,14 +258,6 @@ class Session:
             while len(pending) >= chunk:
                 await self.publisher.capture_audio(bytes(pending[:chunk]), rate, channels)
                 del pending[:chunk]
-
-    @staticmethod
-    def _audio_decoder(config: rtmp.AudioConfig | None, codec: str | None = None
-                       ) -> AudioDecoder:
-        try:
-            return AudioDecoder(config, codec)
-        except DecodeError as exc:
-            raise SessionFailed(str(exc)) from exc
 
     # -- input -----------------------------------------------------------------------
 
