@@ -455,7 +455,7 @@ class _Connection:
                 self.live = False
                 if not reason:  # cancelled: takeover, delete, update, shutdown
                     reason = live.stop_reason or "cancelled"
-                await self._finish(ingress_id, started_at, status, error)
+                await self._finish(ingress_id, resource_id, started_at, status, error)
                 elapsed = trio.current_time() - began
                 failed = status == pb.IngressState.ENDPOINT_ERROR
                 log.log(logging.WARNING if failed else logging.INFO,
@@ -465,10 +465,12 @@ class _Connection:
         if reason == CLEAN_END:
             await self._drain()
 
-    async def _finish(self, ingress_id: str, started_at: int, status: int, error: str) -> None:
+    async def _finish(self, ingress_id: str, resource_id: str, started_at: int, status: int,
+                      error: str) -> None:
+        """The final state; it names the session that ended (resource id, started_at)."""
         ended = self.ingest.clock_ns()
-        final = pb.IngressState(status=status, error=error, started_at=started_at,
-                                ended_at=ended, updated_at=ended)
+        final = pb.IngressState(status=status, error=error, resource_id=resource_id,
+                                started_at=started_at, ended_at=ended, updated_at=ended)
         with trio.move_on_after(STATE_WRITE_TIMEOUT, shield=True):
             try:
                 await self.ingest.store.update_state(ingress_id, final)

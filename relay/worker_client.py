@@ -10,6 +10,7 @@ becomes `SessionWorker.failure`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import subprocess
@@ -35,7 +36,7 @@ class SessionWorker:
         self._reports_send, self.reports = trio.open_memory_channel[StateReport](REPORT_QUEUE)
         self.exited = trio.Event()
 
-    drain = True  # set False to leave the room at once (delete, update, takeover)
+    drain = True  # False: leave the room at once (delete, update, takeover, failure)
 
     async def send(self, message: Message) -> bool:
         """Send one message; False once the worker is gone (its stdin closed)."""
@@ -61,11 +62,19 @@ class SessionWorker:
             except (WireError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self.failure = self.failure or f"session worker protocol error: {exc}"
         await self.process.wait()
+        self.note_exit()
+
+    def note_exit(self) -> None:
+        """Record how the process ended (idempotent); a crash becomes `failure`."""
         code = self.process.returncode
+        if code is None or self.exited.is_set():
+            return
         if code and not self.failure:
             if code < 0:
-                name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ \
-                    else str(-code)
+                try:
+                    name = signal.Signals(-code).name
+                except ValueError:
+                    name = f"signal {-code}"
                 self.failure = f"session worker crashed ({name})"
             else:
                 self.failure = f"session worker exited with status {code}"
@@ -95,14 +104,24 @@ async def open_session_worker(start: Start) -> AsyncIterator[SessionWorker]:
 
 
 async def _stop(worker: SessionWorker) -> None:
-    """Ask the worker to finish, then make sure it has."""
-    await worker.send(EndOfStream("session ended", drain=worker.drain))
-    assert worker.process.stdin is not None
-    await worker.process.stdin.aclose()
+    """Ask the worker to finish, then make sure it has.
+
+    Waits on the process itself, not on the report reader, which a cancellation of
+    the session may already have stopped. A session that was cancelled (drain
+    False) only closes the worker's stdin: a cancelled send may have left half a
+    message in the pipe, and EOF alone tells the worker to leave at once.
+    """
+    process = worker.process
+    assert process.stdin is not None
+    if worker.drain:
+        await worker.send(EndOfStream("session ended", drain=True))
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await process.stdin.aclose()
     with trio.move_on_after(EXIT_GRACE):
-        await worker.exited.wait()
-        return
-    log.warning("session worker %d did not exit in %.0f s: killing it", worker.process.pid,
-                EXIT_GRACE)
-    worker.process.kill()
-    await worker.exited.wait()
+        await process.wait()
+    if process.returncode is None:
+        log.warning("session worker %d did not exit in %.0f s: killing it", process.pid,
+                    EXIT_GRACE)
+        process.kill()
+        await process.wait()
+    worker.note_exit()

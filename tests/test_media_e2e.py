@@ -183,3 +183,69 @@ def test_garbage_h264_ends_that_session_only(media_service: ServiceProcess,
     after = [t for t in got.video_times if t > failed_at + 0.5]
     assert len(after) > 30, "the healthy ingress stopped reaching its viewer"
     assert media_service.alive
+
+
+def delete(service: ServiceProcess, ingress_id: str) -> None:
+    async def call(client: Any) -> None:
+        await client.delete_ingress(pb.DeleteIngressRequest(ingress_id=ingress_id))
+
+    service.api(call)
+
+
+def watch_in_background(url: str, room: str, seconds: float) -> tuple[Any, list[Any]]:
+    import threading
+
+    seen: list[Any] = []
+    thread = threading.Thread(target=lambda: seen.append(watch(url, room, seconds)))
+    thread.start()
+    return thread, seen
+
+
+@pytest.mark.parametrize(("video", "audio"), [(False, True), (True, False)],
+                         ids=["audio-only", "video-only"])
+def test_single_media_sources_publish_one_track(media_service: ServiceProcess,
+                                                livekit: LiveKitServer, video: bool,
+                                                audio: bool) -> None:
+    room = f"e2e-{'video' if video else 'audio'}-only"
+    info = create(media_service, room, "single")
+    thread, seen = watch_in_background(livekit.url, room, 8.0)
+    ffmpeg = publisher(media_service.rtmp_addr, info.stream_key, seconds=6, size="320x240",
+                       video=video, audio=audio)
+    live = wait_for(media_service, info.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING)
+    assert ffmpeg.wait(30) == 0
+    thread.join()
+    (got,) = seen
+    kinds = {t["kind"] for t in got.tracks}
+    assert kinds == ({2} if video else {1})  # 2 video, 1 audio
+    assert [t.type for t in live.tracks] == [
+        models.TrackType.VIDEO if video else models.TrackType.AUDIO]
+    if video:
+        assert len(got.video_times) > 60
+    else:
+        assert sorted(got.audio_rms)[len(got.audio_rms) // 2] > 1000
+
+
+def test_stop_republish_and_delete_while_live(media_service: ServiceProcess,
+                                              livekit: LiveKitServer) -> None:
+    """Source stops -> INACTIVE; the same key publishes again; DeleteIngress while
+    live -> the participant is gone from the room within a second."""
+    room = "e2e-lifecycle"
+    info = create(media_service, room, "cycle")
+    first = publisher(media_service.rtmp_addr, info.stream_key, seconds=3, size="320x240")
+    one = wait_for(media_service, info.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING)
+    assert first.wait(30) == 0
+    inactive = wait_for(media_service, info.ingress_id, pb.IngressState.ENDPOINT_INACTIVE)
+    assert inactive.ended_at > 0 and inactive.resource_id == one.resource_id
+
+    thread, seen = watch_in_background(livekit.url, room, 10.0)
+    second = publisher(media_service.rtmp_addr, info.stream_key, seconds=30, size="320x240")
+    two = wait_for(media_service, info.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING)
+    assert two.resource_id != one.resource_id and two.started_at > one.started_at
+    time.sleep(3)
+    deleted_at = time.monotonic()
+    delete(media_service, info.ingress_id)
+    assert second.wait(10) != 0  # the server ended the publisher's connection
+    thread.join()
+    (got,) = seen
+    assert "cycle" in got.participants
+    assert got.left["cycle"] - deleted_at < 1.0, got.left["cycle"] - deleted_at
