@@ -249,3 +249,21 @@ def test_stop_republish_and_delete_while_live(media_service: ServiceProcess,
     (got,) = seen
     assert "cycle" in got.participants
     assert got.left["cycle"] - deleted_at < 1.0, got.left["cycle"] - deleted_at
+
+
+def test_unreachable_room_ends_in_error(tmp_path: Path) -> None:
+    """No LiveKit server at ws_url: the session ends in ERROR saying so."""
+    from tests.livekit import free_port
+
+    service = ServiceProcess(tmp_path, api_key=API_KEY, api_secret=API_SECRET,
+                             ws_url=f"ws://127.0.0.1:{free_port()}", rtmp_port=0)
+    service.start()
+    try:
+        info = create(service, "nowhere", "lost")
+        ffmpeg = publisher(service.rtmp_addr, info.stream_key, seconds=20, size="320x240")
+        failed = wait_for(service, info.ingress_id, pb.IngressState.ENDPOINT_ERROR, timeout=40)
+        assert failed.error.startswith("cannot join the room at ws://127.0.0.1:"), failed.error
+        assert ffmpeg.wait(10) != 0  # its connection was closed
+        assert service.alive
+    finally:
+        service.stop()
