@@ -24,11 +24,19 @@ import trio
 import trio_asyncio
 from av.video.reformatter import VideoReformatter
 from livekit.protocol import ingress as pb
+from livekit.protocol import models
 
 import rtmp
 
 from .decode import AudioDecoder, DecodeError, VideoDecoder
-from .layers import AudioEncoding, VideoEncoding, audio_encoding, fit_layers, video_encoding
+from .layers import (
+    AudioEncoding,
+    LayerSpec,
+    VideoEncoding,
+    audio_encoding,
+    fit_layers,
+    video_encoding,
+)
 from .publisher import PublishError, RoomPublisher
 from .wire import EndOfStream, MessageReader, Start, StateReport, WireError, encode
 
@@ -163,7 +171,9 @@ class Session:
         reformatter = VideoReformatter()
         blind = 0
         last_error: DecodeError | None = None
-        published: tuple[int, int] | None = None
+        published = False
+        size: tuple[int, int] | None = None
+        top: LayerSpec | None = None
         async for event in frames:
             if isinstance(event, rtmp.VideoConfig):
                 decoder = await trio.to_thread.run_sync(_open_decoder, VideoDecoder, event)
@@ -188,16 +198,19 @@ class Session:
                 self.video_in.width, self.video_in.height = picture.width, picture.height
                 if not limiter.accept(int(picture.pts or 0)):
                     continue
-                layers = fit_layers(self.video_encoding, picture.width, picture.height)
-                top = layers[-1]
-                if published is None:
+                if size != (picture.width, picture.height):  # first picture, or a new size
+                    size = (picture.width, picture.height)
+                    layers = fit_layers(self.video_encoding, *size)
+                    top = layers[-1]
+                assert top is not None
+                if not published:
+                    vp8 = self.video_encoding.codec == models.VideoCodec.VP8
                     await self.publisher.publish_video(
-                        top.width, top.height, name=self.info.video.name, source=
-                        self.info.video.source, codec="vp8" if self.video_encoding.codec == 4
-                        else "h264", max_bitrate=top.bitrate,
-                        max_framerate=self.video_encoding.frame_rate,
+                        top.width, top.height, name=self.info.video.name,
+                        source=self.info.video.source, codec="vp8" if vp8 else "h264",
+                        max_bitrate=top.bitrate, max_framerate=self.video_encoding.frame_rate,
                         simulcast=len(layers) > 1)
-                    published = (top.width, top.height)
+                    published = True
                     await self.report_state("publishing")
                 i420 = await trio.to_thread.run_sync(
                     self._to_i420, reformatter, picture, top.width, top.height)
