@@ -267,3 +267,34 @@ def test_unreachable_room_ends_in_error(tmp_path: Path) -> None:
         assert service.alive
     finally:
         service.stop()
+
+
+def test_a_crashing_decoder_takes_down_only_its_session(media_service: ServiceProcess,
+                                                        livekit: LiveKitServer) -> None:
+    """A session worker dying of SIGSEGV (what a C decoder crash looks like): its ingress
+    ends in ERROR saying so; the service and another live session carry on."""
+    import re
+    import signal as signals
+
+    victim = create(media_service, "e2e-crash", "victim")
+    bystander = create(media_service, "e2e-bystander", "bystander")
+    a = publisher(media_service.rtmp_addr, victim.stream_key, seconds=20, size="320x240")
+    b = publisher(media_service.rtmp_addr, bystander.stream_key, seconds=8, size="320x240")
+    wait_for(media_service, victim.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING)
+    wait_for(media_service, bystander.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING)
+    pid = int(re.findall(r"worker\[(\d+)\] relay.publisher: joined room e2e-crash ",
+                         media_service.log())[-1])
+    thread, seen = watch_in_background(livekit.url, "e2e-bystander", 5.0)
+    import os
+
+    os.kill(pid, signals.SIGSEGV)
+    failed = wait_for(media_service, victim.ingress_id, pb.IngressState.ENDPOINT_ERROR)
+    assert failed.error == "session worker crashed (SIGSEGV)"
+    assert a.wait(10) != 0  # its publisher was disconnected
+    thread.join()
+    assert state(media_service, bystander.ingress_id).status == (
+        pb.IngressState.ENDPOINT_PUBLISHING)
+    (got,) = seen
+    assert len(got.video_times) > 60, "the other session stopped reaching its viewer"
+    assert b.wait(30) == 0
+    assert media_service.alive
