@@ -160,3 +160,52 @@ def watch(url: str, room_name: str, seconds: float, *, quality: int | None = Non
         return seen
 
     return run_asyncio(main())
+
+
+def watch_layers(url: str, room_name: str, qualities: dict[str, int], settle: float = 2.0,
+                 hold: float = 2.5, start_after: float = 2.0) -> dict[str, collections.Counter]:
+    """Subscribe once and select each simulcast layer in turn; frame sizes per layer.
+
+    One SDK room per process at a time: the SDK's FFI client is process-wide, so
+    several rooms in several threads' loops do not connect reliably.
+    """
+    from livekit import rtc
+
+    sizes: dict[str, collections.Counter] = {name: collections.Counter() for name in qualities}
+
+    async def main() -> dict[str, collections.Counter]:
+        room = rtc.Room()
+        phase: list[str | None] = [None]
+        publications: list[Any] = []
+        tasks = []
+
+        async def video(track: Any) -> None:
+            async for event in rtc.VideoStream(track):
+                if phase[0] is not None:
+                    sizes[phase[0]][(event.frame.width, event.frame.height)] += 1
+
+        @room.on("track_subscribed")
+        def subscribed(track: Any, pub: Any, participant: Any) -> None:
+            if track.kind == rtc.TrackKind.KIND_VIDEO:
+                publications.append(pub)
+                tasks.append(asyncio.ensure_future(video(track)))
+
+        await room.connect(url, subscriber_token(room_name, "layer-viewer"))
+        deadline = time.monotonic() + 20
+        while not publications and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(start_after)
+        for name, quality in qualities.items():
+            if publications:
+                publications[0].set_video_quality(quality)
+            phase[0] = None
+            await asyncio.sleep(settle)  # the SFU switches at the next keyframe
+            phase[0] = name
+            await asyncio.sleep(hold)
+        phase[0] = None
+        await room.disconnect()
+        for task in tasks:
+            task.cancel()
+        return sizes
+
+    return run_asyncio(main())
