@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +109,27 @@ def subscriber_token(room: str, identity: str = "viewer") -> str:
 
 
 def watch(url: str, room_name: str, seconds: float, *, quality: int | None = None) -> Seen:
-    """Join `room_name` for `seconds` and record what arrives."""
+    """Join `room_name` for `seconds` in a subscriber process; what arrived.
+
+    A process of its own, like a real viewer: the SDK's FFI client is process-wide,
+    and a long-lived test process is no place to measure frame rates.
+    """
+    args = [sys.executable, "-m", "tests.livekit", "watch", url, room_name, str(seconds)]
+    if quality is not None:
+        args.append(str(quality))
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT,
+                          timeout=seconds + 60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"subscriber failed:\n{proc.stderr[-3000:]}")
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    return Seen(participants=data["participants"], tracks=data["tracks"],
+                video_sizes=collections.Counter({tuple(k): v for k, v in data["video_sizes"]}),
+                video_times=data["video_times"],
+                video_sequence=[tuple(x) for x in data["video_sequence"]],
+                audio_rms=data["audio_rms"], audio_rate=data["audio_rate"], left=data["left"])
+
+
+def _watch_here(url: str, room_name: str, seconds: float, quality: int | None) -> Seen:
     import numpy as np
     from livekit import rtc
 
@@ -162,13 +184,23 @@ def watch(url: str, room_name: str, seconds: float, *, quality: int | None = Non
     return run_asyncio(main())
 
 
-def watch_layers(url: str, room_name: str, qualities: dict[str, int], settle: float = 2.0,
-                 hold: float = 2.5, start_after: float = 2.0) -> dict[str, collections.Counter]:
-    """Subscribe once and select each simulcast layer in turn; frame sizes per layer.
+def watch_layers(url: str, room_name: str, qualities: dict[str, int]
+                 ) -> dict[str, collections.Counter]:
+    """Subscribe once (in a subscriber process) and select each simulcast layer in
+    turn; the frame sizes received per layer."""
+    proc = subprocess.run([sys.executable, "-m", "tests.livekit", "layers", url, room_name,
+                           json.dumps(qualities)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"subscriber failed:\n{proc.stderr[-3000:]}")
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {name: collections.Counter({tuple(k): v for k, v in pairs})
+            for name, pairs in data.items()}
 
-    One SDK room per process at a time: the SDK's FFI client is process-wide, so
-    several rooms in several threads' loops do not connect reliably.
-    """
+
+def _watch_layers_here(url: str, room_name: str, qualities: dict[str, int],
+                       settle: float = 2.0, hold: float = 2.5, start_after: float = 2.0
+                       ) -> dict[str, collections.Counter]:
     from livekit import rtc
 
     sizes: dict[str, collections.Counter] = {name: collections.Counter() for name in qualities}
@@ -209,3 +241,26 @@ def watch_layers(url: str, room_name: str, qualities: dict[str, int], settle: fl
         return sizes
 
     return run_asyncio(main())
+
+
+def _main(argv: list[str]) -> None:
+    """`python -m tests.livekit watch URL ROOM SECONDS [QUALITY]` or
+    `... layers URL ROOM QUALITIES_JSON`: one JSON line out."""
+    if argv[0] == "layers":
+        _, url, room, qualities = argv
+        sizes = _watch_layers_here(url, room, json.loads(qualities))
+        print(json.dumps({name: [[list(k), v] for k, v in counter.items()]
+                          for name, counter in sizes.items()}))
+        return
+    _, url, room, seconds, *rest = argv
+    seen = _watch_here(url, room, float(seconds), int(rest[0]) if rest else None)
+    print(json.dumps({
+        "participants": seen.participants, "tracks": seen.tracks,
+        "video_sizes": [[list(k), v] for k, v in seen.video_sizes.items()],
+        "video_times": seen.video_times, "video_sequence": seen.video_sequence,
+        "audio_rms": seen.audio_rms, "audio_rate": seen.audio_rate, "left": seen.left,
+    }))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
