@@ -15,7 +15,10 @@ from dataclasses import dataclass
 import trio_asyncio
 from livekit import rtc
 from livekit.protocol import models
-from livekit.rtc._proto.room_pb2 import AudioEncoding
+from livekit.rtc._proto.room_pb2 import (
+    DEGRADATION_PREFERENCE_MAINTAIN_FRAMERATE_AND_RESOLUTION,
+    AudioEncoding,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,11 @@ class RoomPublisher:
             video_encoding=rtc.VideoEncoding(max_bitrate=max_bitrate,
                                              max_framerate=max_framerate),
             video_codec=rtc.VideoCodec.VP8 if codec == "vp8" else rtc.VideoCodec.H264,
+            # No silent CPU adaptation: libwebrtc's default trades frame rate for CPU
+            # headroom (we saw the top layer fall to ~6 fps on a busy machine). An
+            # ingress owes subscribers its preset; when the node cannot keep up, the
+            # pipeline drops frames by its own rule and says so.
+            degradation_preference=DEGRADATION_PREFERENCE_MAINTAIN_FRAMERATE_AND_RESOLUTION,
         )
         publication = await self._publish(track, options)
         published = PublishedTrack(publication.sid, "video", publication.name, source or
