@@ -44,6 +44,7 @@ log = logging.getLogger("relay.worker")
 
 NO_MEDIA_TIMEOUT = 30.0
 VIDEO_QUEUE = 120  # coded frames waiting for the decoder (~4 s at 30 fps): absorbs bursts
+MAX_VIDEO_LAG_MS = 500  # decoded pictures further behind the newest arrival are skipped
 AUDIO_QUEUE = 100  # coded audio frames (~2 s of AAC)
 MAX_CONSECUTIVE_DECODE_ERRORS = 30  # audio
 MAX_FRAMES_WITHOUT_PICTURE = 150  # ~5 s at 30 fps of video that decodes to nothing
@@ -79,6 +80,34 @@ class FrameRateLimiter:
             self._next = pts + self.interval
         else:
             self._next += self.interval
+        return True
+
+
+class LagGate:
+    """Lets a decoded picture through only while the pipeline is not behind the source.
+
+    `observe()` sees every coded frame as it arrives; `admit()` asks, for a decoded
+    picture, whether its time is within `max_lag_ms` of the newest arrival. When the
+    encode/publish side falls behind, pictures are skipped (they are still decoded,
+    so the reference chain stays whole) until the pipeline has caught up: latency
+    stays bounded instead of growing with the backlog.
+    """
+
+    def __init__(self, max_lag_ms: int) -> None:
+        self.max_lag_ms = max_lag_ms
+        self.newest: int | None = None
+        self.skipped = 0
+
+    def observe(self, dts: int) -> None:
+        # RTMP dts never goes back within a stream: a jump back is an encoder restart,
+        # which restarts the clock instead of holding pictures back
+        if self.newest is None or dts > self.newest or dts < self.newest - self.max_lag_ms:
+            self.newest = dts
+
+    def admit(self, pts: int) -> bool:
+        if self.newest is not None and self.newest - pts > self.max_lag_ms:
+            self.skipped += 1
+            return False
         return True
 
 
@@ -151,6 +180,8 @@ class Session:
         self.video_in = InputStats()
         self.audio_in = InputStats()
         self.dropped_video = 0
+        self.dropped_audio = 0
+        self.video_lag = LagGate(MAX_VIDEO_LAG_MS)
 
     async def report(self, report: StateReport) -> None:
         async with self._send_lock:
@@ -196,6 +227,8 @@ class Session:
                                     f"{blind} frames")
             for picture in pictures:
                 self.video_in.width, self.video_in.height = picture.width, picture.height
+                if not self.video_lag.admit(int(picture.pts or 0)):
+                    continue
                 if not limiter.accept(int(picture.pts or 0)):
                     continue
                 if size != (picture.width, picture.height):  # first picture, or a new size
@@ -294,6 +327,7 @@ class Session:
                     if isinstance(message, rtmp.VideoConfig | rtmp.VideoFrame):
                         if isinstance(message, rtmp.VideoFrame):
                             self.video_in.count(message.dts, len(message.data))
+                            self.video_lag.observe(message.dts)
                             if skip_video and not message.keyframe:
                                 self.dropped_video += 1
                                 continue
@@ -308,7 +342,12 @@ class Session:
                     elif isinstance(message, rtmp.AudioConfig | rtmp.AudioFrame):
                         if isinstance(message, rtmp.AudioFrame):
                             self.audio_in.count(message.dts, len(message.data))
-                        await audio.send(message)
+                        try:
+                            audio.send_nowait(message)
+                        except trio.WouldBlock:
+                            # the audio stage is seconds behind: a stalled audio stage
+                            # must not hold up video too
+                            self.dropped_audio += 1
 
     async def report_stats(self) -> None:
         while True:

@@ -30,3 +30,17 @@ def test_jumps_restart_the_cadence() -> None:
     assert limiter.accept(10_033)
     assert limiter.accept(5)  # encoder restarted: timestamps went back
     assert limiter.accept(38)
+
+
+def test_lag_gate_skips_pictures_far_behind_the_newest_arrival() -> None:
+    from relay.worker import LagGate
+
+    gate = LagGate(500)
+    assert gate.admit(0)  # nothing seen yet
+    for dts in range(0, 3000, 33):
+        gate.observe(dts)
+    assert not gate.admit(1000)  # 2 s behind: skipped
+    assert gate.admit(2600)  # within half a second
+    assert gate.skipped == 1
+    gate.observe(40)  # the encoder restarted: its clock went back
+    assert gate.newest == 40 and gate.admit(0)
