@@ -370,3 +370,30 @@ def test_portrait_source_gets_portrait_layers(media_service: ServiceProcess,
     # libwebrtc's simulcast aligns the picture to a multiple of 4 (2**(layers-1)) so
     # every layer halves evenly: 406 wide becomes 404 at the subscriber
     assert max(sizes, key=sizes.get) == (404, 720), sizes
+
+
+def test_custom_vp8_options(media_service: ServiceProcess, livekit: LiveKitServer) -> None:
+    """Custom options: VP8 at 15 fps with one 640x360 layer; the viewer gets VP8 video
+    at that size and rate."""
+    room = "e2e-vp8"
+
+    async def call(client: Any) -> pb.IngressInfo:
+        return await client.create_ingress(pb.CreateIngressRequest(
+            input_type=pb.IngressInput.RTMP_INPUT, room_name=room, participant_identity="vp8",
+            video=pb.IngressVideoOptions(name="v", options=pb.IngressVideoEncodingOptions(
+                video_codec=models.VideoCodec.VP8, frame_rate=15,
+                layers=[models.VideoLayer(quality=models.VideoQuality.HIGH, width=640,
+                                          height=360, bitrate=800_000)]))))
+
+    info = media_service.api(call)
+    thread, seen = watch_in_background(livekit.url, room, 8.0)
+    ffmpeg = publisher(media_service.rtmp_addr, info.stream_key, seconds=7, size="1280x720")
+    video = wait_for_video(media_service, info.ingress_id)
+    assert ffmpeg.wait(30) == 0
+    thread.join()
+    assert video.mime_type == "video/VP8" and not video.simulcast
+    assert (video.width, video.height) == (640, 360)
+    (got,) = seen
+    sizes = got.video_sizes
+    assert max(sizes, key=sizes.get) == (640, 360), sizes
+    assert 11 <= got.fps() <= 16.5, got.fps()
