@@ -223,6 +223,8 @@ def _check(config: Config) -> None:
         port = getattr(config, name)
         if not -1 <= port <= 65535:
             raise ConfigError(f"{name}: {port} is not a port (-1 turns it off)")
+    if config.http_port < 0:
+        raise ConfigError("http_port: the HTTP listener (API, WHIP) cannot be turned off")
     for name in ("rtmp_handshake_timeout", "rtmp_idle_timeout"):
         if not 0 < getattr(config, name) < 86400:
             raise ConfigError(f"{name}: {getattr(config, name)} is not a number of seconds > 0")

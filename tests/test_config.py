@@ -59,6 +59,7 @@ def test_config_body_env(tmp_path: Path) -> None:
     ("api_key: k\napi_secret: s\nrtc_config: {udp: 1}\n", "unknown config key: rtc_config.udp"),
     ("api_key: k\napi_secret: s\nrtmp_port: abc\n", "rtmp_port: expected int, got 'abc'"),
     ("api_key: k\napi_secret: s\nrtmp_port: 70000\n", "rtmp_port: 70000 is not a port"),
+    ("api_key: k\napi_secret: s\nhttp_port: -1\n", "http_port: the HTTP listener"),
     ("api_key: k\napi_secret: s\nlogging: {level: loud}\n", "logging.level: one of"),
     ("api_key: k\napi_secret: s\nredis: {address: x}\n", "redis: not supported yet"),
     ("api_key: k\napi_secret: s\nhttp_port: 1\nwhip_port: 2\n", "whip_port: given twice"),
