@@ -9,6 +9,7 @@ request/response machinery costs more per call than the whole CreateIngress.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Response
@@ -61,16 +62,14 @@ class TwirpASGI:
             return
         headers: dict[bytes, bytes] = dict(scope["headers"])
         body = await self._read_body(headers, receive)
-        query = dict(part.split(b"=", 1) for part in scope["query_string"].split(b"&")
-                     if b"=" in part)
-        token = query.get(b"access_token")
+        token = parse_qs(scope["query_string"].decode("latin-1")).get("access_token", [""])[0]
         result = await self._twirp.handle(
             scope["path"],
             scope["method"],
             _text(headers.get(b"content-type")),
             body,
             authorization=_text(headers.get(b"authorization")),
-            access_token=token.decode("latin-1") if token else None,
+            access_token=token or None,
             request_id=_text(headers.get(b"x-livekit-request-id")) or "",
         )
         response_headers = [(b"content-type", result.content_type.encode()),
