@@ -59,6 +59,7 @@ class StateReport:
     tracks: tuple[bytes, ...] = ()  # serialized livekit TrackInfo
     video: dict[str, Any] = field(default_factory=dict)  # InputVideoState fields
     audio: dict[str, Any] = field(default_factory=dict)  # InputAudioState fields
+    drops: dict[str, int] = field(default_factory=dict)  # what the worker dropped, by why
 
 
 Message = (Start | EndOfStream | StateReport | rtmp.VideoConfig | rtmp.VideoFrame
@@ -83,7 +84,7 @@ def _fields(message: Any) -> list[Any]:
                 message.channels]
     if isinstance(message, StateReport):
         return [message.status, message.error, message.room_id, list(message.tracks),
-                message.video, message.audio]
+                message.video, message.audio, message.drops]
     if isinstance(message, Start):
         return [message.ws_url, message.token, message.ingress, message.transcode]
     if isinstance(message, EndOfStream):
@@ -116,8 +117,9 @@ def _build(item: Any) -> Message:
             return rtmp.AudioConfig(codec=codec, config=config, dts=dts, sample_rate=rate,
                                     channels=channels)
         if tag == "state":
-            status, error, room_id, tracks, video, audio = args
-            return StateReport(status, error, room_id, tuple(tracks), dict(video), dict(audio))
+            status, error, room_id, tracks, video, audio, drops = args
+            return StateReport(status, error, room_id, tuple(tracks), dict(video), dict(audio),
+                               dict(drops))
         if tag == "start":
             ws_url, token, ingress, transcode = args
             return Start(ws_url, token, ingress, transcode)

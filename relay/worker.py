@@ -192,7 +192,9 @@ class Session:
             status, error=error, room_id=self.publisher.room_sid,
             tracks=tuple(t.to_track_info().SerializeToString() for t in self.publisher.tracks),
             video=self.video_in.as_video() if self.video_in.mime else {},
-            audio=self.audio_in.as_audio() if self.audio_in.mime else {}))
+            audio=self.audio_in.as_audio() if self.audio_in.mime else {},
+            drops={"video_queue": self.dropped_video, "video_lag": self.video_lag.skipped,
+                   "audio_queue": self.dropped_audio}))
 
     # -- video ---------------------------------------------------------------------
 

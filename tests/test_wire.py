@@ -17,7 +17,8 @@ MESSAGES = [
     rtmp.AudioFrame(codec="aac", dts=23, data=b"\x21\x00"),
     rtmp.AudioFrame(codec="mp3", dts=2**40, data=b"\xff\xfb", sample_rate=44100, channels=1),
     StateReport("publishing", room_id="RM_1", tracks=(b"\x0a\x01x",),
-                video={"width": 1280, "height": 720, "framerate": 30.0}),
+                video={"width": 1280, "height": 720, "framerate": 30.0},
+                drops={"video_lag": 3}),
     EndOfStream("source ended"),
     EndOfStream("ingress deleted", drain=False),
 ]

@@ -1,0 +1,145 @@
+"""How many default-preset 720p sessions this machine runs in real time, and the
+memory each one costs.
+
+Adds session workers (relay/worker.py) one at a time, each fed its own copy of a
+1280x720 30 fps H.264 + AAC stream in real time and publishing into a local
+livekit-server, until the workers start dropping video (their lag gate or queue)
+or use more CPU than the machine has. For each step: the workers' CPU (cores),
+their resident memory (total and per session), and the drops in the window.
+No subscribers run here: viewers are on other machines, and decoding for them
+would take CPU from the workers. Run: .venv/bin/python bench/sessions.py [--max 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from livekit.protocol import ingress as pb
+
+import rtmp
+from bench.rtmp import cpu_seconds
+from bench.transcode import media_events
+from relay.tokens import participant_token
+from relay.wire import Start, StateReport
+from relay.worker_client import SessionWorker, open_session_worker
+from tests.livekit import API_KEY, API_SECRET, LiveKitServer
+
+WARMUP = 6.0
+WINDOW = 8.0
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def make_source(path: Path) -> None:
+    import subprocess
+
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
+                    "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30",
+                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "10",
+                    "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency",
+                    "-b:v", "2500k", "-pix_fmt", "yuv420p", "-g", "60", "-bf", "0",
+                    "-c:a", "aac", "-b:a", "128k", "-f", "flv", str(path)], check=True)
+
+
+class Session:
+    def __init__(self, worker: SessionWorker) -> None:
+        self.worker = worker
+        self.last: StateReport | None = None
+
+    def drops(self) -> int:
+        return sum(self.last.drops.values()) if self.last is not None else 0
+
+
+async def feed(worker: SessionWorker, events: list[rtmp.Event]) -> None:
+    """Loop the stream forever in real time (timestamps keep increasing)."""
+    span = max(e.dts for e in events) + 33
+    began = trio.current_time()
+    offset = 0
+    while True:
+        for event in events:
+            await trio.sleep_until(began + (offset + event.dts) / 1000)
+            shifted = (dataclasses.replace(event, dts=event.dts + offset, pts=event.pts + offset)
+                       if isinstance(event, rtmp.VideoFrame | rtmp.VideoConfig)
+                       else dataclasses.replace(event, dts=event.dts + offset))
+            if not await worker.send(shifted):
+                return
+        offset += span
+
+
+async def collect(session: Session) -> None:
+    async for report in session.worker.reports:
+        session.last = report
+
+
+async def run_session(livekit: LiveKitServer, events: list[rtmp.Event], n: int,
+                      sessions: list[Session],
+                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    info = pb.IngressInfo(ingress_id=f"IN_bench{n}", room_name=f"sessions-{n}",
+                          participant_identity=f"bench-{n}",
+                          input_type=pb.IngressInput.RTMP_INPUT)
+    start = Start(livekit.url, participant_token(API_KEY, API_SECRET, info, f"RT_{n}"),
+                  info.SerializeToString())
+    async with open_session_worker(start) as worker, trio.open_nursery() as nursery:
+        session = Session(worker)
+        sessions.append(session)
+        nursery.start_soon(collect, session)
+        task_status.started()
+        await feed(worker, events)
+
+
+async def bench(livekit: LiveKitServer, events: list[rtmp.Event], most: int) -> None:
+    sessions: list[Session] = []
+    print(f"{'sessions':>8} {'CPU cores':>9} {'RSS total MB':>12} {'RSS/session MB':>14} "
+          f"{'drops in window':>15}")
+    async with trio.open_nursery() as nursery:
+        for n in range(1, most + 1):
+            await nursery.start(run_session, livekit, events, n, sessions)
+            await trio.sleep(WARMUP)
+            pids = [s.worker.process.pid for s in sessions]
+            cpu0 = sum(cpu_seconds(p) for p in pids)
+            drops0 = sum(s.drops() for s in sessions)
+            await trio.sleep(WINDOW)
+            cores = (sum(cpu_seconds(p) for p in pids) - cpu0) / WINDOW
+            rss = sum(rss_bytes(p) for p in pids) / 1e6
+            await trio.sleep(0.5 + 5)  # a fresh stats report (every 5 s)
+            drops = sum(s.drops() for s in sessions) - drops0
+            print(f"{n:>8} {cores:>9.2f} {rss:>12.0f} {rss / n:>14.0f} {drops:>15}",
+                  flush=True)
+            if drops or cores > 1.9:
+                print(f"-> {n - 1 if drops else n} sessions in real time on this machine")
+                break
+        nursery.cancel_scope.cancel()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max", type=int, default=8)
+    args = parser.parse_args()
+    print("command:", " ".join(sys.argv))
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "source.flv"
+        make_source(source)
+        events = media_events(source)
+        livekit = LiveKitServer(Path(tmp))
+        livekit.start()
+        try:
+            trio.run(bench, livekit, events, args.max)
+        finally:
+            livekit.stop()
+
+
+if __name__ == "__main__":
+    main()
