@@ -108,6 +108,10 @@ async def bench(livekit: LiveKitServer, events: list[rtmp.Event], most: int) -> 
         for n in range(1, most + 1):
             await nursery.start(run_session, livekit, events, n, sessions)
             await trio.sleep(WARMUP)
+            dead = [s.worker.failure for s in sessions if s.worker.exited.is_set()]
+            if dead:
+                print(f"-> a session worker ended: {dead[0]}")
+                break
             pids = [s.worker.process.pid for s in sessions]
             cpu0 = sum(cpu_seconds(p) for p in pids)
             drops0 = sum(s.drops() for s in sessions)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import trio_asyncio
+import trio_asyncio._base
 from livekit import rtc
 from livekit.protocol import models
 from livekit.rtc._proto.room_pb2 import (
@@ -21,6 +23,28 @@ from livekit.rtc._proto.room_pb2 import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _allow_negative_call_later() -> None:
+    """asyncio treats a negative `call_later` delay as "now"; trio-asyncio asserts on it.
+
+    The SDK's AudioSource computes its queue-release delay by subtraction, which on a
+    busy machine comes out a hair below zero (seen: -0.0019 s), and the assertion
+    then killed the session. Clamp to asyncio's semantics, here at the edge.
+    """
+    loop_class = trio_asyncio._base.BaseTrioEventLoop
+    original = loop_class.call_later
+    if getattr(original, "_clamps_negative", False):
+        return
+
+    def call_later(self: Any, delay: float, callback: Any, *args: Any, **context: Any) -> Any:
+        return original(self, max(delay, 0.0), callback, *args, **context)
+
+    call_later._clamps_negative = True  # type: ignore[attr-defined]
+    loop_class.call_later = call_later  # type: ignore[method-assign]
+
+
+_allow_negative_call_later()
 
 AUDIO_QUEUE_MS = 100  # the SDK's default (1 s) would let audio latency grow that far
 
