@@ -13,7 +13,6 @@ would take CPU from the workers. Run: .venv/bin/python bench/sessions.py [--max 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +25,7 @@ from livekit.protocol import ingress as pb
 
 import rtmp
 from bench.rtmp import cpu_seconds
-from bench.transcode import media_events
+from bench.transcode import media_events, shift
 from relay.tokens import participant_token
 from relay.wire import Start, StateReport
 from relay.worker_client import SessionWorker, open_session_worker
@@ -71,10 +70,7 @@ async def feed(worker: SessionWorker, events: list[rtmp.Event]) -> None:
     while True:
         for event in events:
             await trio.sleep_until(began + (offset + event.dts) / 1000)
-            shifted = (dataclasses.replace(event, dts=event.dts + offset, pts=event.pts + offset)
-                       if isinstance(event, rtmp.VideoFrame | rtmp.VideoConfig)
-                       else dataclasses.replace(event, dts=event.dts + offset))
-            if not await worker.send(shifted):
+            if not await worker.send(shift(event, offset)):
                 return
         offset += span
 

@@ -85,7 +85,7 @@ async def run_worker(livekit: LiveKitServer, events: list[rtmp.Event], preset: i
                 await trio.sleep_until(began + at)
                 if cpu0 is None and at >= 2.0:  # after start-up (room join, first frames)
                     cpu0, media0 = cpu_seconds(worker.process.pid), at
-                await worker.send(_shift(event, offset))
+                await worker.send(shift(event, offset))
             else:
                 offset += span
                 continue
@@ -95,7 +95,8 @@ async def run_worker(livekit: LiveKitServer, events: list[rtmp.Event], preset: i
     return cpu, seconds - media0, seen[0]
 
 
-def _shift(event: rtmp.Event, offset: int) -> rtmp.Event:
+def shift(event: rtmp.Event, offset: int) -> rtmp.Event:
+    """The event `offset` ms later (for looping a source with rising timestamps)."""
     import dataclasses
 
     if isinstance(event, rtmp.VideoFrame | rtmp.VideoConfig):
