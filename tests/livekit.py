@@ -92,6 +92,7 @@ class Seen:
     video_times: list[float] = field(default_factory=list)
     video_sequence: list[tuple[int, int]] = field(default_factory=list)
     audio_rms: list[float] = field(default_factory=list)
+    audio_times: list[float] = field(default_factory=list)
     audio_rate: int = 0
     left: dict[str, float] = field(default_factory=dict)
 
@@ -129,7 +130,8 @@ def watch(url: str, room_name: str, seconds: float, *, quality: int | None = Non
                 video_sizes=collections.Counter({tuple(k): v for k, v in data["video_sizes"]}),
                 video_times=data["video_times"],
                 video_sequence=[tuple(x) for x in data["video_sequence"]],
-                audio_rms=data["audio_rms"], audio_rate=data["audio_rate"], left=data["left"])
+                audio_rms=data["audio_rms"], audio_times=data["audio_times"],
+                audio_rate=data["audio_rate"], left=data["left"])
 
 
 def _watch_here(url: str, room_name: str, seconds: float, quality: int | None,
@@ -154,6 +156,7 @@ def _watch_here(url: str, room_name: str, seconds: float, quality: int | None,
                 seen.audio_rate = event.frame.sample_rate
                 pcm = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
                 seen.audio_rms.append(float(np.sqrt((pcm ** 2).mean())) if pcm.size else 0.0)
+                seen.audio_times.append(time.monotonic())
 
         @room.on("participant_connected")
         def joined(p: Any) -> None:
@@ -267,7 +270,8 @@ def _main(argv: list[str]) -> None:
         "participants": seen.participants, "tracks": seen.tracks,
         "video_sizes": [[list(k), v] for k, v in seen.video_sizes.items()],
         "video_times": seen.video_times, "video_sequence": seen.video_sequence,
-        "audio_rms": seen.audio_rms, "audio_rate": seen.audio_rate, "left": seen.left,
+        "audio_rms": seen.audio_rms, "audio_times": seen.audio_times,
+        "audio_rate": seen.audio_rate, "left": seen.left,
     }))
 
 
