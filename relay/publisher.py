@@ -133,7 +133,8 @@ class RoomPublisher:
         self.tracks.append(published)
         return published
 
-    def capture_video(self, width: int, height: int, i420: bytes, timestamp_us: int) -> None:
+    def capture_video(self, width: int, height: int, i420: bytes | bytearray,
+                      timestamp_us: int) -> None:
         assert self._video is not None
         self._video.capture_frame(rtc.VideoFrame(width, height, rtc.VideoBufferType.I420, i420),
                                   timestamp_us=timestamp_us)

@@ -22,7 +22,6 @@ from typing import Any
 import av
 import trio
 import trio_asyncio
-from av.video.reformatter import VideoReformatter
 from livekit.protocol import ingress as pb
 from livekit.protocol import models
 
@@ -37,6 +36,7 @@ from .layers import (
     fit_layers,
     video_encoding,
 )
+from .picture import I420Packer
 from .publisher import PublishError, RoomPublisher
 from .wire import EndOfStream, MessageReader, Start, StateReport, WireError, encode
 
@@ -202,7 +202,7 @@ class Session:
     async def video_stage(self, frames: trio.MemoryReceiveChannel) -> None:
         decoder: VideoDecoder | None = None
         limiter = FrameRateLimiter(self.video_encoding.frame_rate)
-        reformatter = VideoReformatter()
+        packer = I420Packer()
         blind = 0
         last_error: DecodeError | None = None
         published = False
@@ -248,20 +248,11 @@ class Session:
                         simulcast=len(layers) > 1)
                     published = True
                     await self.report_state("publishing")
-                i420 = await trio.to_thread.run_sync(
-                    self._to_i420, reformatter, picture, top.width, top.height)
+                i420 = await trio.to_thread.run_sync(packer.pack, picture, top.width,
+                                                     top.height)
                 self.publisher.capture_video(top.width, top.height, i420,
                                              int((picture.pts or 0) * 1000))
                 self.captured_video += 1
-
-    @staticmethod
-    def _to_i420(reformatter: VideoReformatter, picture: av.VideoFrame, width: int,
-                 height: int) -> bytes:
-        if (picture.width, picture.height) != (width, height) or picture.format.name != (
-                "yuv420p"):
-            picture = reformatter.reformat(picture, width=width, height=height,
-                                           format="yuv420p", interpolation="BILINEAR")
-        return picture.to_ndarray().tobytes()
 
     # -- audio ---------------------------------------------------------------------
 
