@@ -19,8 +19,10 @@ from livekit import rtc
 from livekit.protocol import models
 from livekit.rtc._proto.room_pb2 import (
     DEGRADATION_PREFERENCE_MAINTAIN_FRAMERATE_AND_RESOLUTION,
+    ENCODER_BACKEND_PRE_ENCODED,
     AudioEncoding,
 )
+from livekit.rtc._proto.video_frame_pb2 import ENCODED_FRAME_DELTA, ENCODED_FRAME_KEY
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ def _allow_negative_call_later() -> None:
 
 _allow_negative_call_later()
 
+_ENCODED_CODECS = {"h264": rtc.VideoCodec.H264, "vp8": rtc.VideoCodec.VP8}
 AUDIO_QUEUE_MS = 100  # the SDK's default (1 s) would let audio latency grow that far
 
 _SOURCES = {
@@ -94,6 +97,8 @@ class RoomPublisher:
         self._room: rtc.Room | None = None
         self._video: rtc.VideoSource | None = None
         self._audio: rtc.AudioSource | None = None
+        self._encoded: rtc.EncodedVideoSource | None = None
+        self._encoded_codec = 0
         self.tracks: list[PublishedTrack] = []
         self.room_sid = ""
 
@@ -126,18 +131,39 @@ class RoomPublisher:
             # pipeline drops frames by its own rule and says so.
             degradation_preference=DEGRADATION_PREFERENCE_MAINTAIN_FRAMERATE_AND_RESOLUTION,
         )
-        publication = await self._publish(track, options)
-        published = PublishedTrack(publication.sid, "video", publication.name, source or
-                                   models.TrackSource.CAMERA, width, height, simulcast,
-                                   "video/" + ("VP8" if codec == "vp8" else "H264"))
-        self.tracks.append(published)
-        return published
+        return await self._publish_video(track, options, width, height, codec, source)
 
     def capture_video(self, width: int, height: int, i420: bytes | bytearray,
                       timestamp_us: int) -> None:
         assert self._video is not None
         self._video.capture_frame(rtc.VideoFrame(width, height, rtc.VideoBufferType.I420, i420),
                                   timestamp_us=timestamp_us)
+
+    async def publish_encoded_video(self, width: int, height: int, *, name: str, source: int,
+                                    codec: str) -> PublishedTrack:
+        """A single-layer track fed with the publisher's own encoded frames (passthrough)."""
+        assert self._room is not None
+        self._encoded = rtc.EncodedVideoSource(width, height)
+        self._encoded_codec = _ENCODED_CODECS[codec]
+        track = rtc.LocalVideoTrack.create_video_track(name or "video", self._encoded)
+        options = rtc.TrackPublishOptions(
+            source=_SOURCES.get(source, rtc.TrackSource.SOURCE_CAMERA), simulcast=False,
+            video_codec=rtc.VideoCodec.VP8 if codec == "vp8" else rtc.VideoCodec.H264,
+            video_encoder=ENCODER_BACKEND_PRE_ENCODED)
+        return await self._publish_video(track, options, width, height, codec, source)
+
+    def capture_encoded_video(self, data: bytes, width: int, height: int, keyframe: bool,
+                              timestamp_us: int) -> bool:
+        """One access unit as the publisher encoded it; whether the SDK accepted it."""
+        assert self._encoded is not None
+        return self._encoded.capture_frame(rtc.EncodedVideoFrame(
+            data=data, width=width, height=height, codec=self._encoded_codec,
+            frame_type=ENCODED_FRAME_KEY if keyframe else ENCODED_FRAME_DELTA,
+            timestamp_us=timestamp_us))
+
+    def keyframe_requested(self) -> bool:
+        """Whether a subscriber asked for a keyframe since the last call (passthrough)."""
+        return self._encoded is not None and self._encoded.take_feedback().keyframe_requested
 
     async def publish_audio(self, sample_rate: int, channels: int, *, name: str,
                             source: int, max_bitrate: int, dtx: bool) -> PublishedTrack:
@@ -157,6 +183,16 @@ class RoomPublisher:
         assert self._audio is not None
         frame = rtc.AudioFrame(pcm, sample_rate, channels, len(pcm) // (2 * channels))
         await trio_asyncio.aio_as_trio(self._audio.capture_frame)(frame)
+
+    async def _publish_video(self, track: rtc.LocalVideoTrack,
+                             options: rtc.TrackPublishOptions, width: int, height: int,
+                             codec: str, source: int) -> PublishedTrack:
+        publication = await self._publish(track, options)
+        published = PublishedTrack(publication.sid, "video", publication.name, source or
+                                   models.TrackSource.CAMERA, width, height, options.simulcast,
+                                   "video/" + ("VP8" if codec == "vp8" else "H264"))
+        self.tracks.append(published)
+        return published
 
     async def _publish(self, track: rtc.LocalTrack, options: rtc.TrackPublishOptions
                        ) -> rtc.LocalTrackPublication:

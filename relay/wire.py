@@ -35,6 +35,17 @@ class Start:
     token: str
     ingress: bytes  # serialized livekit IngressInfo
     transcode: bool = True
+    # WHIP: the publisher's SDP offer. The worker answers it (`WhipAnswer`) and takes
+    # the media over its own peer connection instead of from the front.
+    offer: str = ""
+    host_addresses: tuple[str, ...] = ()  # ICE host candidates to gather (empty: all)
+
+
+@dataclass(frozen=True)
+class WhipAnswer:
+    """Worker -> front: the SDP answer to a WHIP offer (the front returns it in 201)."""
+
+    sdp: str
 
 
 @dataclass(frozen=True)
@@ -62,11 +73,11 @@ class StateReport:
     drops: dict[str, int] = field(default_factory=dict)  # what the worker dropped, by why
 
 
-Message = (Start | EndOfStream | StateReport | rtmp.VideoConfig | rtmp.VideoFrame
+Message = (Start | EndOfStream | StateReport | WhipAnswer | rtmp.VideoConfig | rtmp.VideoFrame
            | rtmp.AudioConfig | rtmp.AudioFrame)
 
 _TAGS: dict[type, str] = {
-    Start: "start", EndOfStream: "end", StateReport: "state",
+    Start: "start", EndOfStream: "end", StateReport: "state", WhipAnswer: "answer",
     rtmp.VideoConfig: "vc", rtmp.VideoFrame: "v", rtmp.AudioConfig: "ac", rtmp.AudioFrame: "a",
 }
 
@@ -86,7 +97,10 @@ def _fields(message: Any) -> list[Any]:
         return [message.status, message.error, message.room_id, list(message.tracks),
                 message.video, message.audio, message.drops]
     if isinstance(message, Start):
-        return [message.ws_url, message.token, message.ingress, message.transcode]
+        return [message.ws_url, message.token, message.ingress, message.transcode,
+                message.offer, list(message.host_addresses)]
+    if isinstance(message, WhipAnswer):
+        return [message.sdp]
     if isinstance(message, EndOfStream):
         return [message.reason, message.drain]
     raise TypeError(f"not a wire message: {type(message).__name__}")
@@ -121,8 +135,11 @@ def _build(item: Any) -> Message:
             return StateReport(status, error, room_id, tuple(tracks), dict(video), dict(audio),
                                dict(drops))
         if tag == "start":
-            ws_url, token, ingress, transcode = args
-            return Start(ws_url, token, ingress, transcode)
+            ws_url, token, ingress, transcode, offer, hosts = args
+            return Start(ws_url, token, ingress, transcode, offer, tuple(hosts))
+        if tag == "answer":
+            (sdp,) = args
+            return WhipAnswer(sdp)
         if tag == "end":
             reason, drain = args
             return EndOfStream(reason, drain)

@@ -38,7 +38,7 @@ from .layers import (
 )
 from .picture import I420Packer
 from .publisher import PublishError, RoomPublisher
-from .wire import EndOfStream, MessageReader, Start, StateReport, WireError, encode
+from .wire import EndOfStream, MessageReader, Start, StateReport, WhipAnswer, WireError, encode
 
 log = logging.getLogger("relay.worker")
 
@@ -164,6 +164,79 @@ def _open_decoder(kind: type[VideoDecoder] | type[AudioDecoder], config: Any,
         raise SessionFailed(str(exc)) from exc
 
 
+class PictureOutput:
+    """Decoded pictures -> lag gate -> frame-rate limit -> top layer I420 -> the SDK.
+
+    The first picture publishes the video track (its size decides the layers); the
+    SDK's simulcast encodes the lower layers.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.limiter = FrameRateLimiter(session.video_encoding.frame_rate)
+        self.packer = I420Packer()
+        self.size: tuple[int, int] | None = None
+        self.top: LayerSpec | None = None
+        self.published = False
+
+    async def show(self, picture: av.VideoFrame, pts_ms: int) -> None:
+        session = self.session
+        session.video_in.width, session.video_in.height = picture.width, picture.height
+        if not session.video_lag.admit(pts_ms) or not self.limiter.accept(pts_ms):
+            return
+        if self.size != (picture.width, picture.height):  # first picture, or a new size
+            self.size = (picture.width, picture.height)
+            layers = fit_layers(session.video_encoding, *self.size)
+            self.top = top = layers[-1]
+            if not self.published:
+                vp8 = session.video_encoding.codec == models.VideoCodec.VP8
+                await session.publisher.publish_video(
+                    top.width, top.height, name=session.info.video.name,
+                    source=session.info.video.source, codec="vp8" if vp8 else "h264",
+                    max_bitrate=top.bitrate, max_framerate=session.video_encoding.frame_rate,
+                    simulcast=len(layers) > 1)
+                self.published = True
+                await session.report_state("publishing")
+        top = self.top
+        assert top is not None
+        i420 = await trio.to_thread.run_sync(self.packer.pack, picture, top.width, top.height)
+        session.publisher.capture_video(top.width, top.height, i420, pts_ms * 1000)
+        session.captured_video += 1
+
+
+class AudioOutput:
+    """Decoded samples -> the options' rate and channels -> 10 ms PCM frames -> the SDK."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.channels = channels = session.audio_encoding.channels
+        self.rate = session.audio_encoding.sample_rate
+        self.resampler = av.AudioResampler(format="s16", layout="stereo" if channels == 2
+                                           else "mono", rate=self.rate)
+        self.chunk = self.rate * AUDIO_FRAME_MS // 1000 * channels * 2
+        self.pending = bytearray()
+        self.published = False
+
+    async def play(self, decoded: list[av.AudioFrame]) -> None:
+        session, channels, pending = self.session, self.channels, self.pending
+        for samples in decoded:
+            session.audio_in.sample_rate = samples.sample_rate
+            session.audio_in.channels = samples.layout.nb_channels
+            for out in self.resampler.resample(samples):
+                pending += bytes(out.planes[0])[: out.samples * channels * 2]
+        if not self.published and pending:
+            await session.publisher.publish_audio(
+                self.rate, channels, name=session.info.audio.name,
+                source=session.info.audio.source, max_bitrate=session.audio_encoding.bitrate,
+                dtx=not session.audio_encoding.disable_dtx)
+            self.published = True
+            await session.report_state("publishing")
+        while len(pending) >= self.chunk:
+            await session.publisher.capture_audio(bytes(pending[:self.chunk]), self.rate,
+                                                  channels)
+            del pending[:self.chunk]
+
+
 class Session:
     """The stages of one session, connected by bounded channels."""
 
@@ -184,7 +257,7 @@ class Session:
         self.captured_video = 0
         self.video_lag = LagGate(MAX_VIDEO_LAG_MS)
 
-    async def report(self, report: StateReport) -> None:
+    async def report(self, report: StateReport | WhipAnswer) -> None:
         async with self._send_lock:
             await self._out.send_all(encode(report))
 
@@ -201,13 +274,9 @@ class Session:
 
     async def video_stage(self, frames: trio.MemoryReceiveChannel) -> None:
         decoder: VideoDecoder | None = None
-        limiter = FrameRateLimiter(self.video_encoding.frame_rate)
-        packer = I420Packer()
+        output = PictureOutput(self)
         blind = 0
         last_error: DecodeError | None = None
-        published = False
-        size: tuple[int, int] | None = None
-        top: LayerSpec | None = None
         async for event in frames:
             if isinstance(event, rtmp.VideoConfig):
                 decoder = await trio.to_thread.run_sync(_open_decoder, VideoDecoder, event)
@@ -229,43 +298,14 @@ class Session:
                                     f"{decoder.codec} decoding failed: no picture from "
                                     f"{blind} frames")
             for picture in pictures:
-                self.video_in.width, self.video_in.height = picture.width, picture.height
-                if not self.video_lag.admit(int(picture.pts or 0)):
-                    continue
-                if not limiter.accept(int(picture.pts or 0)):
-                    continue
-                if size != (picture.width, picture.height):  # first picture, or a new size
-                    size = (picture.width, picture.height)
-                    layers = fit_layers(self.video_encoding, *size)
-                    top = layers[-1]
-                assert top is not None
-                if not published:
-                    vp8 = self.video_encoding.codec == models.VideoCodec.VP8
-                    await self.publisher.publish_video(
-                        top.width, top.height, name=self.info.video.name,
-                        source=self.info.video.source, codec="vp8" if vp8 else "h264",
-                        max_bitrate=top.bitrate, max_framerate=self.video_encoding.frame_rate,
-                        simulcast=len(layers) > 1)
-                    published = True
-                    await self.report_state("publishing")
-                i420 = await trio.to_thread.run_sync(packer.pack, picture, top.width,
-                                                     top.height)
-                self.publisher.capture_video(top.width, top.height, i420,
-                                             int((picture.pts or 0) * 1000))
-                self.captured_video += 1
+                await output.show(picture, int(picture.pts or 0))
 
     # -- audio ---------------------------------------------------------------------
 
     async def audio_stage(self, frames: trio.MemoryReceiveChannel) -> None:
         decoder: AudioDecoder | None = None
-        channels = self.audio_encoding.channels
-        rate = self.audio_encoding.sample_rate
-        resampler = av.AudioResampler(format="s16", layout="stereo" if channels == 2
-                                      else "mono", rate=rate)
-        chunk = rate * AUDIO_FRAME_MS // 1000 * channels * 2
-        pending = bytearray()
+        output = AudioOutput(self)
         errors = 0
-        published = False
         async for event in frames:
             if isinstance(event, rtmp.AudioConfig):
                 decoder = _open_decoder(AudioDecoder, event)
@@ -284,21 +324,7 @@ class Session:
                 if errors >= MAX_CONSECUTIVE_DECODE_ERRORS:
                     raise SessionFailed(str(exc)) from exc
                 continue
-            for samples in decoded:
-                self.audio_in.sample_rate = samples.sample_rate
-                self.audio_in.channels = samples.layout.nb_channels
-                for out in resampler.resample(samples):
-                    pending += bytes(out.planes[0])[: out.samples * channels * 2]
-            if not published and pending:
-                await self.publisher.publish_audio(
-                    rate, channels, name=self.info.audio.name, source=self.info.audio.source,
-                    max_bitrate=self.audio_encoding.bitrate,
-                    dtx=not self.audio_encoding.disable_dtx)
-                published = True
-                await self.report_state("publishing")
-            while len(pending) >= chunk:
-                await self.publisher.capture_audio(bytes(pending[:chunk]), rate, channels)
-                del pending[:chunk]
+            await output.play(decoded)
 
     # -- input -----------------------------------------------------------------------
 
@@ -363,6 +389,10 @@ async def run(stdin: trio.abc.ReceiveStream, stdout: trio.abc.SendStream) -> int
                 raise WireError(f"expected Start, got {type(message).__name__}")
             start = message
             break
+    if start.offer:
+        from .whip_session import run_whip  # aiortc is loaded by WHIP workers only
+
+        return await run_whip(start, reader, stdin, stdout)
     session = Session(start, stdout)
     failed = False
     async with trio_asyncio.open_loop():

@@ -21,7 +21,16 @@ from contextlib import asynccontextmanager
 import trio
 
 from .trio_util import unwrap_single_exception
-from .wire import EndOfStream, Message, MessageReader, Start, StateReport, WireError, encode
+from .wire import (
+    EndOfStream,
+    Message,
+    MessageReader,
+    Start,
+    StateReport,
+    WhipAnswer,
+    WireError,
+    encode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +44,8 @@ class SessionWorker:
         self.failure = ""  # why the worker failed, once it has
         self._reports_send, self.reports = trio.open_memory_channel[StateReport](REPORT_QUEUE)
         self.exited = trio.Event()
+        self.answer: str | None = None  # WHIP: the worker's SDP answer
+        self.answered = trio.Event()
 
     drain = True  # False: leave the room at once (delete, update, takeover, failure)
 
@@ -55,7 +66,10 @@ class SessionWorker:
                 async for data in self.process.stdout:
                     reader.receive_data(data)
                     for message in reader:
-                        if isinstance(message, StateReport):
+                        if isinstance(message, WhipAnswer):
+                            self.answer = message.sdp
+                            self.answered.set()
+                        elif isinstance(message, StateReport):
                             if message.status == "error" and not self.failure:
                                 self.failure = message.error
                             await self._reports_send.send(message)

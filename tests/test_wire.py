@@ -7,10 +7,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rtmp
+from relay import wire
 from relay.wire import EndOfStream, MessageReader, Start, StateReport, WireError, encode
 
 MESSAGES = [
     Start("ws://127.0.0.1:7880", "jwt", b"\x0a\x03IN_", transcode=False),
+    Start("ws://127.0.0.1:7880", "jwt", b"", offer="v=0\r\n", host_addresses=("127.0.0.1",)),
+    wire.WhipAnswer("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"),
     rtmp.VideoConfig(codec="h264", config=b"\x01\x42", dts=0, pts=0, record_type="avcC"),
     rtmp.VideoFrame(codec="h264", dts=33, pts=66, keyframe=True, data=b"\x00\x00\x00\x01\x65"),
     rtmp.AudioConfig(codec="aac", config=b"\x12\x10", dts=0, sample_rate=44100, channels=2),

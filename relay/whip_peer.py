@@ -1,0 +1,214 @@
+"""The WHIP publisher's peer connection (aiortc), inside a session worker.
+
+aiortc is asyncio-only; like the LiveKit SDK it is reached through trio-asyncio and
+only from here (callers run inside `trio_asyncio.open_loop()`). What comes out is
+plain data on trio channels:
+
+* passthrough: every complete encoded video frame (`EncodedPicture`, H.264 Annex B
+  or VP8) as aiortc's jitter buffer assembles it, without decoding;
+* transcoding: decoded `av.VideoFrame`s from aiortc's own decoder;
+* audio: decoded `av.AudioFrame`s (the SDK takes PCM only).
+
+Passthrough taps aiortc's receiver between its jitter buffer and its decoder
+thread; aiortc has no public hook there (checked against aiortc 1.16, pinned in
+pyproject.toml, and covered by the WHIP end-to-end tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import trio
+import trio_asyncio
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+log = logging.getLogger(__name__)
+
+VIDEO_QUEUE = 120
+AUDIO_QUEUE = 100
+RTP_VIDEO_CLOCK = 90_000
+
+
+class PeerFailed(Exception):
+    """The WHIP publisher's peer connection could not be set up or has failed."""
+
+
+@dataclass(frozen=True)
+class EncodedPicture:
+    """One complete encoded video frame from the publisher, as sent."""
+
+    codec: str  # "h264" | "vp8"
+    data: bytes
+    keyframe: bool
+    timestamp_us: int
+
+
+def is_keyframe(codec: str, data: bytes) -> bool:
+    """H.264: an IDR NAL unit in the Annex B access unit; VP8: the frame tag's P bit."""
+    if codec == "vp8":
+        return bool(data) and not data[0] & 1
+    i = data.find(b"\x00\x00\x01")
+    while i >= 0 and i + 3 < len(data):
+        if data[i + 3] & 0x1F == 5:
+            return True
+        i = data.find(b"\x00\x00\x01", i + 3)
+    return False
+
+
+class _DecoderTap:
+    """Stands in for aiortc's decoder queue: complete frames come to us instead.
+
+    The receiver's decoder thread still waits on the original queue; the end
+    marker (None) is passed on so that it exits when the receiver stops.
+    """
+
+    def __init__(self, original: queue.Queue, on_frame: Callable[[Any, Any], None]) -> None:
+        self.original = original
+        self.on_frame = on_frame
+
+    def put(self, item: Any) -> None:
+        if item is None:
+            self.original.put(None)
+        else:
+            self.on_frame(*item)
+
+
+_QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
+
+
+def tap_receiver(receiver: RTCRtpReceiver, on_frame: Callable[[Any, Any], None]) -> None:
+    original = getattr(receiver, _QUEUE_ATTR, None)
+    if not isinstance(original, queue.Queue):
+        raise PeerFailed("this aiortc version cannot pass video through (no decoder queue)")
+    setattr(receiver, _QUEUE_ATTR, _DecoderTap(original, on_frame))
+
+
+class WhipPeer:
+    """One publisher's peer connection; `answer()` first, then read the channels."""
+
+    def __init__(self, *, passthrough: bool) -> None:
+        self.passthrough = passthrough
+        self._video_send, self.video = trio.open_memory_channel[Any](VIDEO_QUEUE)
+        self._audio_send, self.audio = trio.open_memory_channel[av.AudioFrame](AUDIO_QUEUE)
+        self.video_codec = ""
+        self.has_video = self.has_audio = False
+        self.ended = trio.Event()
+        self.end_reason = ""
+        self.dropped_video = 0
+        self._pc: RTCPeerConnection | None = None
+        self._video_receiver: RTCRtpReceiver | None = None
+        self._video_ssrc = 0
+        self._tracks: list[Any] = []
+
+    # -- signalling ----------------------------------------------------------------
+
+    async def answer(self, offer_sdp: str) -> str:
+        """Take the publisher's offer; the answer with our ICE candidates in it."""
+        try:
+            return await trio_asyncio.aio_as_trio(self._answer)(offer_sdp)
+        except PeerFailed:
+            raise
+        except Exception as exc:
+            raise PeerFailed(f"cannot answer the offer: {exc}") from exc
+
+    async def _answer(self, offer_sdp: str) -> str:
+        pc = self._pc = RTCPeerConnection()
+        pc.on("track", self._on_track)
+        pc.on("connectionstatechange", self._on_state)
+        await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == "video" and transceiver.receiver.track is not None:
+                codecs = transceiver.receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+                names = {c.name.lower() for c in codecs.values()} - {"rtx"}
+                self.video_codec = "h264" if "h264" in names else "vp8"
+                self._video_receiver = transceiver.receiver
+                if self.passthrough:
+                    tap_receiver(transceiver.receiver, self._on_encoded)
+        return pc.localDescription.sdp
+
+    def _on_track(self, track: Any) -> None:
+        self._tracks.append(track)
+        if track.kind == "video":
+            self.has_video = True
+        elif track.kind == "audio":
+            self.has_audio = True
+
+    def _on_state(self) -> None:
+        assert self._pc is not None
+        state = self._pc.connectionState
+        log.info("WHIP peer connection %s", state)
+        if state in ("failed", "closed"):
+            self._end(f"peer connection {state}")
+
+    def _end(self, reason: str) -> None:
+        if not self.ended.is_set():
+            self.end_reason = reason
+            self.ended.set()
+
+    # -- media ---------------------------------------------------------------------
+
+    def _on_encoded(self, codec: Any, frame: Any) -> None:
+        name = codec.name.lower()
+        picture = EncodedPicture(name, bytes(frame.data), is_keyframe(name, frame.data),
+                                 frame.timestamp * 1_000_000 // RTP_VIDEO_CLOCK)
+        try:
+            self._video_send.send_nowait(picture)
+        except trio.WouldBlock:
+            self.dropped_video += 1
+
+    async def pump(self) -> None:
+        """Move decoded frames from aiortc's tracks to the channels until they end."""
+        async with trio.open_nursery() as nursery:
+            for track in self._tracks:
+                if track.kind == "audio":
+                    nursery.start_soon(self._pump_track, track, self._audio_send)
+                elif not self.passthrough:
+                    nursery.start_soon(self._pump_track, track, self._video_send)
+            await self.ended.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _pump_track(self, track: Any, send: trio.MemorySendChannel) -> None:
+        recv = trio_asyncio.aio_as_trio(track.recv)
+        while True:
+            try:
+                frame = await recv()
+            except MediaStreamError:
+                self._end(f"{track.kind} track ended")
+                return
+            try:
+                send.send_nowait(frame)
+            except trio.WouldBlock:
+                if track.kind == "video":
+                    self.dropped_video += 1
+                # audio: the consumer is seconds behind; drop the oldest rather than block
+                else:
+                    log.warning("WHIP audio queue full: dropping a frame")
+
+    async def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe (RTCP PLI), e.g. for a new subscriber."""
+        receiver = self._video_receiver
+        ssrc = self._remote_video_ssrc()
+        if receiver is not None and ssrc:
+            await trio_asyncio.aio_as_trio(receiver._send_rtcp_pli)(ssrc)
+
+    def _remote_video_ssrc(self) -> int:
+        receiver = self._video_receiver
+        if receiver is None:
+            return 0
+        for source in receiver.getSynchronizationSources():
+            return int(source.source)
+        return 0
+
+    async def close(self) -> None:
+        if self._pc is not None:
+            pc, self._pc = self._pc, None
+            await trio_asyncio.aio_as_trio(pc.close)()
+        self._end("closed")

@@ -1,0 +1,210 @@
+"""A WHIP session inside a session worker: the publisher's peer connection to the room.
+
+The front (relay/whip_ingest.py) sends `Start` with the publisher's SDP offer; the
+worker answers it (`WhipAnswer`), joins the room and moves the media itself, so a
+WHIP session is isolated in its own process exactly like an RTMP one.
+
+* passthrough (transcoding off, the WHIP default): the publisher's H.264 or VP8
+  frames go to the room as they are (the SDK's pre-encoded source, one layer);
+  keyframe requests from the room go back to the publisher as RTCP PLI. The video
+  size comes from decoding each keyframe (cheap, and it follows size changes).
+* transcoding: aiortc's decoded pictures take the RTMP path's shaping (presets,
+  simulcast by the SDK).
+* audio: Opus is decoded by aiortc and published as PCM (the SDK has no
+  pre-encoded audio).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import av
+import trio
+import trio_asyncio
+
+from .publisher import PublishError
+from .whip_peer import EncodedPicture, PeerFailed, WhipPeer
+from .wire import EndOfStream, MessageReader, Start, StateReport, WhipAnswer, WireError
+from .worker import (
+    MIME,
+    NO_MEDIA_TIMEOUT,
+    AudioOutput,
+    PictureOutput,
+    Session,
+    SessionFailed,
+)
+
+log = logging.getLogger("relay.worker")
+
+KEYFRAME_POLL = 0.1  # how often the SDK's keyframe requests are collected
+RTP_VIDEO_CLOCK = 90_000
+
+
+def restrict_host_addresses(addresses: tuple[str, ...]) -> None:
+    """Gather ICE host candidates on these addresses only (config `rtc_config.node_ip`).
+
+    aioice offers every interface address except loopback and has no setting for
+    this; the worker is one session's process, so the module function is replaced.
+    """
+    import aioice.ice
+
+    def chosen(use_ipv4: bool = True, use_ipv6: bool = True) -> list[str]:
+        return [a for a in addresses if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = chosen
+
+
+def _probe_size(codec: str, data: bytes) -> tuple[int, int] | None:
+    """The picture size of a keyframe, by decoding it alone."""
+    try:
+        context = av.CodecContext.create(codec, "r")
+        frames = context.decode(av.Packet(data))
+    except av.FFmpegError:
+        return None
+    return (frames[0].width, frames[0].height) if frames else None
+
+
+class WhipSession:
+    def __init__(self, session: Session, start: Start, reader: MessageReader,
+                 stdin: trio.abc.ReceiveStream) -> None:
+        self.session = session
+        self.start = start
+        self.reader = reader
+        self.stdin = stdin
+        self.peer = WhipPeer(passthrough=not start.transcode)
+        self.end = EndOfStream("")
+        self.last_media = trio.current_time()
+
+    async def run(self) -> None:
+        """Answer, join, move media until the publisher or the front ends it."""
+        peer, session = self.peer, self.session
+        answer = await peer.answer(self.start.offer)
+        await session.report(WhipAnswer(answer))
+        await session.publisher.connect(self.start.ws_url, self.start.token)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.report_stats)
+            nursery.start_soon(peer.pump)
+            if peer.has_video:
+                nursery.start_soon(self.passthrough_video if peer.passthrough
+                                   else self.transcoded_video)
+            if peer.has_audio:
+                nursery.start_soon(self.audio)
+            nursery.start_soon(self.watch_media)
+            await self.until_end(peer)
+            nursery.cancel_scope.cancel()
+        log.info("WHIP session ended: %s (video frames: %d in, %d to the SDK, %d dropped)",
+                 self.end.reason, session.video_in.frames, session.captured_video,
+                 peer.dropped_video)
+
+    async def until_end(self, peer: WhipPeer) -> None:
+        async with trio.open_nursery() as nursery:
+            async def front() -> None:
+                self.end = await self.read_front()
+                nursery.cancel_scope.cancel()
+
+            async def publisher() -> None:
+                await peer.ended.wait()
+                self.end = EndOfStream(f"the publisher left ({peer.end_reason})")
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(front)
+            nursery.start_soon(publisher)
+
+    async def read_front(self) -> EndOfStream:
+        while True:
+            data = await self.stdin.receive_some(1 << 16)
+            if not data:
+                return EndOfStream("the service closed the session", drain=False)
+            self.reader.receive_data(data)
+            for message in self.reader:
+                if isinstance(message, EndOfStream):
+                    return message
+                raise WireError(f"unexpected {type(message).__name__} during a WHIP session")
+
+    async def watch_media(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            if trio.current_time() - self.last_media > NO_MEDIA_TIMEOUT:
+                raise SessionFailed(f"no media received for {NO_MEDIA_TIMEOUT:.0f} s")
+
+    async def passthrough_video(self) -> None:
+        session, peer = self.session, self.peer
+        size: tuple[int, int] | None = None
+        published = False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.forward_keyframe_requests)
+            async for picture in peer.video:
+                assert isinstance(picture, EncodedPicture)
+                self.last_media = trio.current_time()
+                session.video_in.mime = MIME.get(picture.codec, picture.codec)
+                session.video_in.count(picture.timestamp_us // 1000, len(picture.data))
+                if picture.keyframe:
+                    size = await trio.to_thread.run_sync(_probe_size, picture.codec,
+                                                         picture.data) or size
+                if size is None:
+                    continue  # nothing to show before the first keyframe
+                session.video_in.width, session.video_in.height = size
+                if not published:
+                    await session.publisher.publish_encoded_video(
+                        *size, name=session.info.video.name, source=session.info.video.source,
+                        codec=picture.codec)
+                    published = True
+                    await session.report_state("publishing")
+                if session.publisher.capture_encoded_video(picture.data, *size, picture.keyframe,
+                                                           picture.timestamp_us):
+                    session.captured_video += 1
+            nursery.cancel_scope.cancel()
+
+    async def forward_keyframe_requests(self) -> None:
+        """Subscribers' keyframe requests (via the SDK) -> PLI to the publisher."""
+        while True:
+            await trio.sleep(KEYFRAME_POLL)
+            if self.session.publisher.keyframe_requested():
+                await self.peer.request_keyframe()
+
+    async def transcoded_video(self) -> None:
+        output = PictureOutput(self.session)
+        async for picture in self.peer.video:
+            self.last_media = trio.current_time()
+            pts_ms = int(picture.pts or 0) * 1000 // RTP_VIDEO_CLOCK
+            self.session.video_in.mime = MIME.get(self.peer.video_codec, "")
+            self.session.video_in.count(pts_ms, 0)
+            self.session.video_lag.observe(pts_ms)
+            await output.show(picture, pts_ms)
+
+    async def audio(self) -> None:
+        output = AudioOutput(self.session)
+        self.session.audio_in.mime = MIME["opus"]
+        async for frame in self.peer.audio:
+            self.last_media = trio.current_time()
+            self.session.audio_in.count(int(frame.time * 1000) if frame.time else 0, 0)
+            await output.play([frame])
+
+
+async def run_whip(start: Start, reader: MessageReader, stdin: trio.abc.ReceiveStream,
+                   stdout: trio.abc.SendStream) -> int:
+    """The worker's main for a WHIP session; the exit status."""
+    if start.host_addresses:
+        restrict_host_addresses(start.host_addresses)
+    session = Session(start, stdout)
+    whip: WhipSession | None = None
+    failed = False
+    async with trio_asyncio.open_loop():
+        try:
+            whip = WhipSession(session, start, reader, stdin)
+            await whip.run()
+        except* (SessionFailed, PublishError, PeerFailed, WireError) as group:
+            failed = True
+            first: Any = group
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            log.error("WHIP session failed: %s", first)
+            with trio.CancelScope(shield=True):
+                await session.report(StateReport("error", error=str(first)))
+        finally:
+            with trio.CancelScope(shield=True):
+                if whip is not None:
+                    await whip.peer.close()
+                await session.publisher.close()
+    return 1 if failed else 0
