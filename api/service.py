@@ -59,8 +59,11 @@ class IngressService:
         urls: EndpointUrls,
         sessions: SessionControl | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
+        *,
+        rtmp_passthrough: bool = False,
     ) -> None:
         self._store = store
+        self._rtmp_passthrough = rtmp_passthrough
         self._urls = urls
         # not `sessions or ...`: an empty SessionRegistry is falsy (it has __len__)
         self._sessions = NoSessions() if sessions is None else sessions
@@ -76,7 +79,7 @@ class IngressService:
                 return existing
         validate_create(req)
         info = self._new_info(req)
-        validate_info(info)
+        validate_info(info, rtmp_passthrough=self._rtmp_passthrough)
         for _ in range(8):
             try:
                 await self._store.create(info)
@@ -143,7 +146,7 @@ class IngressService:
         for name in ("audio", "video"):
             if req.HasField(name):
                 getattr(info, name).CopyFrom(getattr(req, name))
-        validate_info(info)
+        validate_info(info, rtmp_passthrough=self._rtmp_passthrough)
         if not await self._store.put(info):
             raise TwirpError("not_found", NOT_FOUND)
         if info.state.status in ACTIVE:

@@ -64,15 +64,19 @@ def validate_create(req: pb.CreateIngressRequest) -> None:
             raise _ingress("no room name")
 
 
-def validate_info(info: pb.IngressInfo) -> None:
-    """Consistency of a whole IngressInfo, as stored after a create or an update."""
+def validate_info(info: pb.IngressInfo, *, rtmp_passthrough: bool = False) -> None:
+    """Consistency of a whole IngressInfo, as stored after a create or an update.
+
+    `rtmp_passthrough` (a node setting beyond the reference) lets an RTMP ingress
+    have enable_transcoding=false; without it the rules are exactly LiveKit's.
+    """
     if info.input_type == pb.IngressInput.URL_INPUT and info.HasField("enabled") and (
         not info.enabled
     ):
         raise _ingress("disabled non reusable ingress")
     if not info.participant_identity:
         raise _ingress("no participant identity")
-    _validate_transcoding(info)
+    _validate_transcoding(info, rtmp_passthrough)
     if info.HasField("video"):
         _validate_video(info.video)
     if info.HasField("audio"):
@@ -83,10 +87,15 @@ def _has_encoding(options: pb.IngressVideoOptions | pb.IngressAudioOptions, pres
     return present and options.WhichOneof("encoding_options") is not None
 
 
-def _validate_transcoding(info: pb.IngressInfo) -> None:
+def _validate_transcoding(info: pb.IngressInfo, rtmp_passthrough: bool) -> None:
     video_set = _has_encoding(info.video, info.HasField("video"))
     audio_set = _has_encoding(info.audio, info.HasField("audio"))
     is_whip = info.input_type == pb.IngressInput.WHIP_INPUT
+    if rtmp_passthrough and info.input_type == pb.IngressInput.RTMP_INPUT and (
+            info.HasField("enable_transcoding") and not info.enable_transcoding):
+        if video_set:
+            raise _bypass("video encoding options must be empty if transcoding is disabled")
+        return  # audio is transcoded anyway (the SDK takes PCM only): its options apply
     if info.bypass_transcoding:
         if not is_whip:
             raise _bypass("bypassing transcoding impossible with selected input type")

@@ -85,6 +85,9 @@ class Config:
     rtmp_idle_timeout: float = 30.0
     rtmp_max_message_size: int = 8 * 1024 * 1024
     rtmp_max_connections: int = 500
+    # beyond the reference: RTMP ingresses may set enable_transcoding=false (H.264
+    # without B-frames goes to the room as sent); off keeps LiveKit's validation
+    rtmp_passthrough: bool = False
     health_port: int = 0
     prometheus_port: int = 0
     rtmp_base_url: str = ""

@@ -60,7 +60,8 @@ async def serve(config: Config,
     status = NodeStatus(config.cpu_cost.min_idle_ratio)
     sessions = SessionRegistry()
     async with open_sqlite_store(config.store_path) as store, trio.open_nursery() as nursery:
-        service = IngressService(store, EndpointUrls(config.rtmp_url, config.whip_url), sessions)
+        service = IngressService(store, EndpointUrls(config.rtmp_url, config.whip_url), sessions,
+                                 rtmp_passthrough=config.rtmp_passthrough)
         twirp = TwirpServer(service, Authenticator({config.api_key: config.api_secret}))
         nursery.start_soon(status.sample_cpu)
         host = config.bind_address

@@ -19,10 +19,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import av
 import trio
 import trio_asyncio
 
+from .passthrough import EncodedVideoOutput
 from .publisher import PublishError
 from .whip_peer import EncodedPicture, PeerFailed, WhipPeer
 from .wire import EndOfStream, MessageReader, Start, StateReport, WhipAnswer, WireError
@@ -53,16 +53,6 @@ def restrict_host_addresses(addresses: tuple[str, ...]) -> None:
         return [a for a in addresses if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = chosen
-
-
-def _probe_size(codec: str, data: bytes) -> tuple[int, int] | None:
-    """The picture size of a keyframe, by decoding it alone."""
-    try:
-        context = av.CodecContext.create(codec, "r")
-        frames = context.decode(av.Packet(data))
-    except av.FFmpegError:
-        return None
-    return (frames[0].width, frames[0].height) if frames else None
 
 
 class WhipSession:
@@ -129,31 +119,15 @@ class WhipSession:
                 raise SessionFailed(f"no media received for {NO_MEDIA_TIMEOUT:.0f} s")
 
     async def passthrough_video(self) -> None:
-        session, peer = self.session, self.peer
-        size: tuple[int, int] | None = None
-        published = False
+        output = EncodedVideoOutput(self.session)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.forward_keyframe_requests)
-            async for picture in peer.video:
+            async for picture in self.peer.video:
                 assert isinstance(picture, EncodedPicture)
                 self.last_media = trio.current_time()
-                session.video_in.mime = MIME.get(picture.codec, picture.codec)
-                session.video_in.count(picture.timestamp_us // 1000, len(picture.data))
-                if picture.keyframe:
-                    size = await trio.to_thread.run_sync(_probe_size, picture.codec,
-                                                         picture.data) or size
-                if size is None:
-                    continue  # nothing to show before the first keyframe
-                session.video_in.width, session.video_in.height = size
-                if not published:
-                    await session.publisher.publish_encoded_video(
-                        *size, name=session.info.video.name, source=session.info.video.source,
-                        codec=picture.codec)
-                    published = True
-                    await session.report_state("publishing")
-                if session.publisher.capture_encoded_video(picture.data, *size, picture.keyframe,
-                                                           picture.timestamp_us):
-                    session.captured_video += 1
+                self.session.video_in.count(picture.timestamp_us // 1000, len(picture.data))
+                await output.send(picture.codec, picture.data, picture.keyframe,
+                                  picture.timestamp_us)
             nursery.cancel_scope.cancel()
 
     async def forward_keyframe_requests(self) -> None:

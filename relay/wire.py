@@ -89,7 +89,8 @@ def _fields(message: Any) -> list[Any]:
         return [message.codec, message.dts, message.data, message.sample_rate or 0,
                 message.channels or 0]
     if isinstance(message, rtmp.VideoConfig):
-        return [message.codec, message.config, message.dts, message.pts, message.record_type]
+        return [message.codec, message.config, message.dts, message.pts, message.record_type,
+                message.nal_length_size or 0, list(message.parameter_sets)]
     if isinstance(message, rtmp.AudioConfig):
         return [message.codec, message.config, message.dts, message.sample_rate,
                 message.channels]
@@ -123,9 +124,11 @@ def _build(item: Any) -> Message:
             return rtmp.AudioFrame(codec=codec, dts=dts, data=data, sample_rate=rate or None,
                                    channels=channels or None)
         if tag == "vc":
-            codec, config, dts, pts, record_type = args
+            codec, config, dts, pts, record_type, nal_length_size, parameter_sets = args
             return rtmp.VideoConfig(codec=codec, config=config, dts=dts, pts=pts,
-                                    record_type=record_type)
+                                    record_type=record_type,
+                                    nal_length_size=nal_length_size or None,
+                                    parameter_sets=tuple(parameter_sets))
         if tag == "ac":
             codec, config, dts, rate, channels = args
             return rtmp.AudioConfig(codec=codec, config=config, dts=dts, sample_rate=rate,

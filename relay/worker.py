@@ -403,7 +403,12 @@ async def run(stdin: trio.abc.ReceiveStream, stdout: trio.abc.SendStream) -> int
                 async with trio.open_nursery() as stages:
                     video_send, video_recv = trio.open_memory_channel[object](VIDEO_QUEUE)
                     audio_send, audio_recv = trio.open_memory_channel[object](AUDIO_QUEUE)
-                    stages.start_soon(session.video_stage, video_recv)
+                    if start.transcode:
+                        stages.start_soon(session.video_stage, video_recv)
+                    else:
+                        from .passthrough import rtmp_passthrough_stage
+
+                        stages.start_soon(rtmp_passthrough_stage, session, video_recv)
                     stages.start_soon(session.audio_stage, audio_recv)
                     end = await session.route(reader, stdin, video_send, audio_send)
                     log.info("session ended: %s (video frames: %d in, %d to the SDK, "
@@ -444,4 +449,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the module under its import name: the stage modules that import from
+    # relay.worker (passthrough, whip_session) raise relay.worker.SessionFailed, which
+    # __main__.SessionFailed would not catch.
+    from relay import worker
+
+    raise SystemExit(worker.main())

@@ -172,3 +172,22 @@ def test_update_error_state_is_reset_to_inactive(tmp_path: Any) -> None:
             assert stored is not None and stored.state == updated.state
 
     trio.run(main)
+
+
+def test_rtmp_passthrough_switch_allows_rtmp_without_transcoding() -> None:
+    from api.errors import TwirpError
+    from api.validation import validate_info
+
+    info = pb.IngressInfo(input_type=pb.IngressInput.RTMP_INPUT, participant_identity="p",
+                          enable_transcoding=False)
+    with pytest.raises(TwirpError, match="bypassing transcoding impossible"):
+        validate_info(info)  # the switch off: LiveKit's rule
+    validate_info(info, rtmp_passthrough=True)
+    info.video.CopyFrom(pb.IngressVideoOptions(
+        preset=pb.IngressVideoEncodingPreset.H264_720P_30FPS_1_LAYER))
+    with pytest.raises(TwirpError, match="video encoding options must be empty"):
+        validate_info(info, rtmp_passthrough=True)
+    url = pb.IngressInfo(input_type=pb.IngressInput.URL_INPUT, participant_identity="p",
+                         enable_transcoding=False)
+    with pytest.raises(TwirpError, match="bypassing transcoding impossible"):
+        validate_info(url, rtmp_passthrough=True)  # only RTMP is let through

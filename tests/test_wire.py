@@ -15,6 +15,8 @@ MESSAGES = [
     Start("ws://127.0.0.1:7880", "jwt", b"", offer="v=0\r\n", host_addresses=("127.0.0.1",)),
     wire.WhipAnswer("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"),
     rtmp.VideoConfig(codec="h264", config=b"\x01\x42", dts=0, pts=0, record_type="avcC"),
+    rtmp.VideoConfig(codec="h264", config=b"\x01\x42", dts=0, pts=0, record_type="avcC",
+                     nal_length_size=4, parameter_sets=(b"\x67\x42", b"\x68\xce")),
     rtmp.VideoFrame(codec="h264", dts=33, pts=66, keyframe=True, data=b"\x00\x00\x00\x01\x65"),
     rtmp.AudioConfig(codec="aac", config=b"\x12\x10", dts=0, sample_rate=44100, channels=2),
     rtmp.AudioFrame(codec="aac", dts=23, data=b"\x21\x00"),
