@@ -44,13 +44,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
 from bench import _stamp
+
+if TYPE_CHECKING:
+    from tests.livekit import LiveKitServer
+    from tests.service import ServiceProcess
 
 W, H, FPS = 1280, 720, 30
 VIDEO_BITRATE = 2_500_000
@@ -245,9 +249,9 @@ class Subscriber:
             await asyncio.sleep(0.05)
             if (tracks and not self.stats and self.frames
                     and now_ms() >= self.frames[0].at_ms + self.warmup * 1000):
-                self.stats.append(await self._inbound(tracks[0]))
+                self.stats.append(await inbound_stats(tracks[0]))
         if tracks:
-            self.stats.append(await self._inbound(tracks[0]))
+            self.stats.append(await inbound_stats(tracks[0]))
         await room.disconnect()
         for task in tasks:
             task.cancel()
@@ -262,23 +266,23 @@ class Subscriber:
             stamp = _stamp.read(luma.reshape(frame.height, frame.width))
             self.frames.append(Received(at, stamp, frame.width, frame.height))
 
-    @staticmethod
-    async def _inbound(track: Any) -> dict[str, float]:
-        """The cumulative inbound-rtp counters libwebrtc keeps for the received video."""
-        for stat in await track.get_stats():
-            if stat.WhichOneof("stats") == "inbound_rtp":
-                s = stat.inbound_rtp.inbound
-                return {"jitter_buffer_delay": s.jitter_buffer_delay,
-                        "jitter_buffer_target_delay": s.jitter_buffer_target_delay,
-                        "jitter_buffer_minimum_delay": s.jitter_buffer_minimum_delay,
-                        "jitter_buffer_emitted_count": s.jitter_buffer_emitted_count,
-                        "total_decode_time": s.total_decode_time,
-                        "total_processing_delay": s.total_processing_delay,
-                        "total_assembly_time": s.total_assembly_time,
-                        "frames_decoded": s.frames_decoded,
-                        "frames_dropped": s.frames_dropped, "freeze_count": s.freeze_count,
-                        "nack_count": s.nack_count, "pli_count": s.pli_count}
-        return {}
+
+async def inbound_stats(track: Any) -> dict[str, float]:
+    """The cumulative inbound-rtp counters libwebrtc keeps for a received track."""
+    for stat in await track.get_stats():
+        if stat.WhichOneof("stats") == "inbound_rtp":
+            s = stat.inbound_rtp.inbound
+            return {"jitter_buffer_delay": s.jitter_buffer_delay,
+                    "jitter_buffer_target_delay": s.jitter_buffer_target_delay,
+                    "jitter_buffer_minimum_delay": s.jitter_buffer_minimum_delay,
+                    "jitter_buffer_emitted_count": s.jitter_buffer_emitted_count,
+                    "total_decode_time": s.total_decode_time,
+                    "total_processing_delay": s.total_processing_delay,
+                    "total_assembly_time": s.total_assembly_time,
+                    "frames_decoded": s.frames_decoded,
+                    "frames_dropped": s.frames_dropped, "freeze_count": s.freeze_count,
+                    "nack_count": s.nack_count, "pli_count": s.pli_count}
+    return {}
 
 
 # -- CPU accounting ---------------------------------------------------------------------------
@@ -301,6 +305,30 @@ def children(pid: int) -> list[int]:
 
 
 # -- the run ----------------------------------------------------------------------------------
+
+
+def start_harness(workdir: Path) -> tuple[LiveKitServer, ServiceProcess]:
+    """A livekit-server and the service (RTMP on a free port) running under `workdir`.
+
+    Both are started; the caller stops them. If the service does not start, both are
+    stopped before the error propagates.
+    """
+    from tests.livekit import API_KEY, API_SECRET, LiveKitServer
+    from tests.service import ServiceProcess
+
+    (workdir / "livekit").mkdir()
+    (workdir / "service").mkdir()
+    livekit = LiveKitServer(workdir / "livekit")
+    livekit.start()
+    service = ServiceProcess(workdir / "service", api_key=API_KEY, api_secret=API_SECRET,
+                             ws_url=livekit.url, rtmp_port=0)
+    try:
+        service.start()
+    except BaseException:
+        service.stop()
+        livekit.stop()
+        raise
+    return livekit, service
 
 
 def create_ingress(service: Any, room: str, preset: int | None) -> Any:
@@ -339,8 +367,6 @@ def run(args: argparse.Namespace) -> None:
     from livekit.protocol import ingress as pb
 
     from relay.layers import DEFAULT_VIDEO_PRESET
-    from tests.livekit import API_KEY, API_SECRET, LiveKitServer
-    from tests.service import ServiceProcess
 
     preset = (pb.IngressVideoEncodingPreset.Value(args.preset) if args.preset
               else DEFAULT_VIDEO_PRESET)
@@ -348,16 +374,9 @@ def run(args: argparse.Namespace) -> None:
     print(f"stamp round trip (local libx264): {round_trip()}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
-        workdir = Path(tmp)
-        (workdir / "livekit").mkdir()
-        (workdir / "service").mkdir()
-        livekit = LiveKitServer(workdir / "livekit")
-        livekit.start()
-        service = ServiceProcess(workdir / "service", api_key=API_KEY, api_secret=API_SECRET,
-                                 ws_url=livekit.url, rtmp_port=0)
+        livekit, service = start_harness(Path(tmp))
         publisher: subprocess.Popen[str] | None = None
         try:
-            service.start()
             room = "bench-latency"
             info = create_ingress(service, room, preset if args.preset else None)
             viewer = Subscriber(livekit.url, room, args.warmup)
@@ -446,14 +465,27 @@ def run(args: argparse.Namespace) -> None:
         print("service log mentions drops: " + " | ".join(dropped_log[-3:]))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+def run_options(description: str) -> argparse.ArgumentParser:
+    """The options every glass-to-glass run takes: --seconds, --warmup, --preset."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seconds", type=float, default=30.0,
                         help="measured seconds after the warm-up (default 30)")
     parser.add_argument("--warmup", type=float, default=2.0,
                         help="seconds after the first received frame that are not measured")
     parser.add_argument("--preset", default="",
                         help="IngressVideoEncodingPreset name (default: the service's default)")
+    return parser
+
+
+def print_command() -> None:
+    """Echo the command line first, so a pasted output says how it was made."""
+    exe = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else (
+        sys.executable)
+    print("$ " + shlex.join([exe, *sys.argv]), flush=True)
+
+
+def main() -> None:
+    parser = run_options(__doc__.split("\n", 1)[0])
     parser.add_argument("--audio-lead", type=float, default=AUDIO_LEAD,
                         help="seconds of audio the publisher encodes ahead of the video "
                              f"(default {AUDIO_LEAD}; 0 shows what FFmpeg's interleaving costs)")
@@ -462,9 +494,7 @@ def main() -> None:
     if args.publish:  # the publisher child
         print(json.dumps(publish(args.publish, args.seconds, args.audio_lead)), flush=True)
         return
-    exe = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else (
-        sys.executable)
-    print("$ " + shlex.join([exe, *sys.argv]), flush=True)
+    print_command()
     run(args)
 
 

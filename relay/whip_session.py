@@ -27,6 +27,7 @@ from .publisher import PublishError
 from .whip_peer import EncodedPicture, PeerFailed, WhipPeer
 from .wire import EndOfStream, MessageReader, Start, StateReport, WhipAnswer, WireError
 from .worker import (
+    MAX_AUDIO_LAG_MS,
     MIME,
     NO_MEDIA_TIMEOUT,
     AudioOutput,
@@ -153,6 +154,12 @@ class WhipSession:
         async for frame in self.peer.audio:
             self.last_media = trio.current_time()
             self.session.audio_in.count(int(frame.time * 1000) if frame.time else 0, 0)
+            # a backlog (queued while the worker joined the room) would stay for the whole
+            # session, the SDK releasing audio at exactly real time: play the live edge
+            backlog = self.peer.audio.statistics().current_buffer_used * frame.samples
+            if backlog * 1000 > MAX_AUDIO_LAG_MS * frame.sample_rate:
+                self.session.audio_lag.skipped += 1
+                continue
             await output.play([frame])
 
 
