@@ -2,7 +2,8 @@
 
 Every file under fuzz/corpus/<harness>/ (seeds from the real captures, merged fuzzer
 finds and every fixed crasher) goes through that harness's full oracle, with the
-tracemalloc bound on: only RTMPProtocolError, caps held, whole == re-split, FLV == live.
+tracemalloc bound on: only RTMPProtocolError, caps held, whole == re-split, FLV == live;
+for the WHIP core (sdp) only WhipOfferError, and CRLF == LF.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ FUZZ = Path(__file__).resolve().parent.parent / "fuzz"
 sys.path.insert(0, str(FUZZ))
 
 import fuzz_flv  # noqa: E402
+import fuzz_sdp  # noqa: E402
 import fuzz_session  # noqa: E402
 
-HARNESSES: dict[str, ModuleType] = {"session": fuzz_session, "flv": fuzz_flv}
+HARNESSES: dict[str, ModuleType] = {"session": fuzz_session, "flv": fuzz_flv, "sdp": fuzz_sdp}
 CASES = [
     pytest.param(name, path, id=f"{name}/{path.name}")
     for name in HARNESSES
