@@ -1,14 +1,16 @@
 """The HTTP face of the service (ASGI on hypercorn, trio flavour).
 
 It only moves bytes: Twirp calls go to `TwirpServer.handle`, operations endpoints
-read `NodeStatus`, WHIP routes join the Quart app later. Twirp calls are the hot
-path, so they are served by a bare ASGI handler in front of Quart: Quart's
-request/response machinery costs more per call than the whole CreateIngress.
+read `NodeStatus`, `/w...` goes to the WHIP ingest (relay/whip_ingest.py) with
+CORS on every answer, so a page on another origin can publish. Twirp calls are
+the hot path, so they are served by a bare ASGI handler in front of Quart:
+Quart's request/response machinery costs more per call than the whole
+CreateIngress.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -49,15 +51,42 @@ DISCARD_LIMIT = 64 << 20  # oversized bodies up to this size are read and droppe
 _UNREAD = too_large()  # answered without reading the body, then the connection closes
 
 
-class TwirpASGI:
-    """ASGI app: `/twirp/...` to the TwirpServer, everything else to `fallback`."""
+class WhipReply(Protocol):
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+    content_type: str
 
-    def __init__(self, twirp: TwirpServer, fallback: Any) -> None:
+
+class WhipHandler(Protocol):
+    """What the WHIP ingest offers the HTTP layer (relay.whip_ingest.WhipIngest)."""
+
+    async def handle(self, method: str, path: str, headers: dict[str, str],
+                     body: bytes) -> WhipReply: ...
+
+
+WHIP_MAX_BODY = 64 * 1024  # an SDP offer or a trickle fragment
+WHIP_CORS = [(b"access-control-allow-origin", b"*"),
+             (b"access-control-allow-methods", b"OPTIONS, POST, PATCH, DELETE"),
+             (b"access-control-allow-headers", b"authorization, content-type, if-match"),
+             (b"access-control-expose-headers", b"location, etag, link, accept-post")]
+
+
+class TwirpASGI:
+    """ASGI app: `/twirp/...` to the TwirpServer, `/w...` to WHIP, the rest to `fallback`."""
+
+    def __init__(self, twirp: TwirpServer, fallback: Any, whip: WhipHandler | None = None
+                 ) -> None:
         self._twirp = twirp
         self._fallback = fallback
+        self._whip = whip
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/twirp/"):
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == "/w" or path.startswith("/w/")):
+            await self._serve_whip(scope, receive, send)
+            return
+        if scope["type"] != "http" or not path.startswith("/twirp/"):
             await self._fallback(scope, receive, send)
             return
         headers: dict[bytes, bytes] = dict(scope["headers"])
@@ -79,6 +108,37 @@ class TwirpASGI:
         await send({"type": "http.response.start", "status": result.status,
                     "headers": response_headers})
         await send({"type": "http.response.body", "body": result.body})
+
+    async def _serve_whip(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope["headers"]}
+        body = bytearray()
+        too_big = False
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            if len(body) + len(message.get("body", b"")) > WHIP_MAX_BODY:
+                too_big = True
+            else:
+                body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        if self._whip is None:
+            status, out, extra, ctype = 503, b"WHIP is not enabled on this node\n", (), "text/plain"
+        elif too_big:
+            status, out, extra, ctype = 413, b"body too large\n", (), "text/plain"
+        else:
+            reply = await self._whip.handle(scope["method"], scope["path"], headers,
+                                            bytes(body))
+            status, out, extra, ctype = (reply.status, reply.body, reply.headers,
+                                         reply.content_type)
+        response_headers = [(b"content-type", ctype.encode()),
+                            (b"content-length", str(len(out)).encode()), *WHIP_CORS]
+        response_headers += [(k.encode(), v.encode()) for k, v in extra]
+        await send({"type": "http.response.start", "status": status,
+                    "headers": response_headers})
+        await send({"type": "http.response.body", "body": out})
 
     @staticmethod
     async def _read_body(headers: dict[bytes, bytes], receive: Any) -> bytes | TwirpError:
@@ -119,7 +179,8 @@ def _text(value: bytes | None) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
-def create_app(twirp: TwirpServer, status: NodeStatus) -> TwirpASGI:
+def create_app(twirp: TwirpServer, status: NodeStatus, whip: WhipHandler | None = None
+               ) -> TwirpASGI:
     app = QuartTrio("ingress-relay")
     add_ops_routes(app, status)
-    return TwirpASGI(twirp, app)
+    return TwirpASGI(twirp, app, whip)

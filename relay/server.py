@@ -25,6 +25,7 @@ from .ops import NodeStatus
 from .pipeline import WorkerSinkFactory
 from .rtmp_ingest import RtmpIngest, RtmpSettings, load_ssl_context
 from .sessions import SessionRegistry
+from .whip_ingest import WhipIngest
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,15 @@ async def serve(config: Config,
         twirp = TwirpServer(service, Authenticator({config.api_key: config.api_secret}))
         nursery.start_soon(status.sample_cpu)
         host = config.bind_address
-        http = (await nursery.start(_serve_http, create_app(twirp, status), host,
+        whip = None
+        if config.ws_url:
+            node_ip = config.rtc_config.node_ip
+            whip = WhipIngest(store, sessions, ws_url=config.ws_url, api_key=config.api_key,
+                              api_secret=config.api_secret,
+                              host_addresses=(node_ip,) if node_ip else (),
+                              draining=lambda: status.draining)
+            await nursery.start(whip.run)
+        http = (await nursery.start(_serve_http, create_app(twirp, status, whip), host,
                                     config.http_port))[0]
         ops_app = create_ops_app(status)
         health = prometheus = None

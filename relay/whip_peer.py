@@ -28,6 +28,7 @@ import trio_asyncio
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.sdp import candidate_from_sdp
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +127,9 @@ class WhipPeer:
         await pc.setLocalDescription(await pc.createAnswer())
         for transceiver in pc.getTransceivers():
             if transceiver.kind == "video" and transceiver.receiver.track is not None:
-                codecs = transceiver.receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
-                names = {c.name.lower() for c in codecs.values()} - {"rtx"}
-                self.video_codec = "h264" if "h264" in names else "vp8"
+                # negotiated, in the offer's order: the publisher sends the first one
+                names = [c.name.lower() for c in transceiver._codecs if c.name.lower() != "rtx"]
+                self.video_codec = names[0] if names else ""
                 self._video_receiver = transceiver.receiver
                 if self.passthrough:
                     tap_receiver(transceiver.receiver, self._on_encoded)
@@ -191,6 +192,24 @@ class WhipPeer:
                 # audio: the consumer is seconds behind; drop the oldest rather than block
                 else:
                     log.warning("WHIP audio queue full: dropping a frame")
+
+    async def add_remote_candidates(self, candidates: tuple[tuple[str, str], ...]) -> int:
+        """Candidates the publisher trickled after its offer; how many were taken."""
+        return await trio_asyncio.aio_as_trio(self._add_candidates)(candidates)
+
+    async def _add_candidates(self, candidates: tuple[tuple[str, str], ...]) -> int:
+        if self._pc is None:
+            return 0
+        added = 0
+        for mid, line in candidates:
+            try:
+                candidate = candidate_from_sdp(line.split(":", 1)[1])
+                candidate.sdpMid = mid or None
+                await self._pc.addIceCandidate(candidate)
+                added += 1
+            except (ValueError, IndexError) as exc:  # e.g. an mDNS name aioice cannot use
+                log.info("ICE candidate %r not added: %s", line, exc)
+        return added
 
     async def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe (RTCP PLI), e.g. for a new subscriber."""

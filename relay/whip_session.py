@@ -25,7 +25,15 @@ import trio_asyncio
 from .passthrough import EncodedVideoOutput
 from .publisher import PublishError
 from .whip_peer import EncodedPicture, PeerFailed, WhipPeer
-from .wire import EndOfStream, MessageReader, Start, StateReport, WhipAnswer, WireError
+from .wire import (
+    EndOfStream,
+    MessageReader,
+    RemoteCandidates,
+    Start,
+    StateReport,
+    WhipAnswer,
+    WireError,
+)
 from .worker import (
     MAX_AUDIO_LAG_MS,
     MIME,
@@ -111,6 +119,12 @@ class WhipSession:
             for message in self.reader:
                 if isinstance(message, EndOfStream):
                     return message
+                if isinstance(message, RemoteCandidates):
+                    added = await self.peer.add_remote_candidates(message.candidates)
+                    log.info("trickled ICE candidates: %d of %d added%s", added,
+                             len(message.candidates), ", end of candidates" if message.end
+                             else "")
+                    continue
                 raise WireError(f"unexpected {type(message).__name__} during a WHIP session")
 
     async def watch_media(self) -> None:

@@ -42,6 +42,18 @@ class Start:
 
 
 @dataclass(frozen=True)
+class RemoteCandidates:
+    """Front -> worker: ICE candidates the WHIP publisher trickled (PATCH).
+
+    `candidates` are (mid, "candidate:..." attribute value) pairs; `end` is the
+    publisher's end-of-candidates.
+    """
+
+    candidates: tuple[tuple[str, str], ...]
+    end: bool = False
+
+
+@dataclass(frozen=True)
 class WhipAnswer:
     """Worker -> front: the SDP answer to a WHIP offer (the front returns it in 201)."""
 
@@ -73,11 +85,12 @@ class StateReport:
     drops: dict[str, int] = field(default_factory=dict)  # what the worker dropped, by why
 
 
-Message = (Start | EndOfStream | StateReport | WhipAnswer | rtmp.VideoConfig | rtmp.VideoFrame
-           | rtmp.AudioConfig | rtmp.AudioFrame)
+Message = (Start | EndOfStream | StateReport | WhipAnswer | RemoteCandidates
+           | rtmp.VideoConfig | rtmp.VideoFrame | rtmp.AudioConfig | rtmp.AudioFrame)
 
 _TAGS: dict[type, str] = {
     Start: "start", EndOfStream: "end", StateReport: "state", WhipAnswer: "answer",
+    RemoteCandidates: "cands",
     rtmp.VideoConfig: "vc", rtmp.VideoFrame: "v", rtmp.AudioConfig: "ac", rtmp.AudioFrame: "a",
 }
 
@@ -102,6 +115,8 @@ def _fields(message: Any) -> list[Any]:
                 message.offer, list(message.host_addresses)]
     if isinstance(message, WhipAnswer):
         return [message.sdp]
+    if isinstance(message, RemoteCandidates):
+        return [[list(c) for c in message.candidates], message.end]
     if isinstance(message, EndOfStream):
         return [message.reason, message.drain]
     raise TypeError(f"not a wire message: {type(message).__name__}")
@@ -143,6 +158,9 @@ def _build(item: Any) -> Message:
         if tag == "answer":
             (sdp,) = args
             return WhipAnswer(sdp)
+        if tag == "cands":
+            candidates, end = args
+            return RemoteCandidates(tuple((str(m), str(c)) for m, c in candidates), bool(end))
         if tag == "end":
             reason, drain = args
             return EndOfStream(reason, drain)
