@@ -21,6 +21,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import trio
@@ -125,18 +127,28 @@ def run_ffmpeg(flv: Path, top: tuple[int, int], bitrate: int) -> tuple[float, fl
     return cpu, 10.0, cmd
 
 
+@contextmanager
+def source_and_server(workdir: Path) -> Iterator[tuple[Path, list[rtmp.Event], LiveKitServer]]:
+    """The 10 s 1920x1080 30 fps source (FLV file, its media events) and a running
+    livekit-server, for benchmarks that feed session workers (also bench/layers.py)."""
+    flv = workdir / "source.flv"
+    encode(flv, "4M", 10)
+    events = media_events(flv)
+    livekit = LiveKitServer(workdir)
+    livekit.start()
+    try:
+        yield flv, events, livekit
+    finally:
+        livekit.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
     print("command:", " ".join(sys.argv))
     with tempfile.TemporaryDirectory() as tmp:
-        flv = Path(tmp) / "source.flv"
-        encode(flv, "4M", 10)
-        events = media_events(flv)
-        livekit = LiveKitServer(Path(tmp))
-        livekit.start()
-        try:
+        with source_and_server(Path(tmp)) as (flv, events, livekit):
             for name, preset in PRESETS.items():
                 top = fit_layers(video_encoding(pb.IngressVideoOptions(preset=preset)),
                                  1920, 1080)[-1]
@@ -152,8 +164,6 @@ def main() -> None:
                 print(f"  ffmpeg: {theirs:.2f} CPU s per media s; ratio ours/ffmpeg "
                       f"{ours / theirs:.2f}")
             print("ffmpeg command (last preset):", " ".join(cmd))
-        finally:
-            livekit.stop()
         time.sleep(0.1)
 
 

@@ -195,73 +195,162 @@ def _watch_here(url: str, room_name: str, seconds: float, quality: int | None,
     return run_asyncio(main())
 
 
+@dataclass
+class LayerSeen:
+    """What a subscriber got during the hold period of one selected simulcast layer.
+
+    Frame sizes are counted from the decoded frames the app sees; frame and byte counts
+    are the receiver's own WebRTC stats (`get_stats()`) at the start and end of the hold,
+    so frame rate and bitrate do not depend on how promptly this process reads frames.
+    """
+
+    sizes: collections.Counter = field(default_factory=collections.Counter)
+    seconds: float = 0.0
+    frames_decoded: int = 0
+    bytes_received: int = 0  # RTP payload bytes, what the encoder's bitrate targets
+
+    @property
+    def fps(self) -> float:
+        return self.frames_decoded / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def kbps(self) -> float:
+        return self.bytes_received * 8 / 1000 / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sizes": [[list(k), v] for k, v in self.sizes.items()],
+                "seconds": self.seconds, "frames_decoded": self.frames_decoded,
+                "bytes_received": self.bytes_received}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LayerSeen:
+        return cls(collections.Counter({tuple(k): v for k, v in data["sizes"]}),
+                   data["seconds"], data["frames_decoded"], data["bytes_received"])
+
+
 def watch_layers(url: str, room_name: str, qualities: dict[str, int]
                  ) -> dict[str, collections.Counter]:
     """Subscribe once (in a subscriber process) and select each simulcast layer in
     turn; the frame sizes received per layer."""
+    return {name: seen.sizes
+            for name, seen in watch_layer_stats(url, room_name, qualities).items()}
+
+
+def watch_layer_stats(url: str, room_name: str, qualities: dict[str, int], *,
+                      settle: float = 2.0, hold: float = 2.5, ramp_to: int = 0,
+                      ramp_most: float = 20.0) -> dict[str, LayerSeen]:
+    """Like `watch_layers`, with the frame rate and bitrate received per layer.
+
+    `settle` seconds after each selection are not counted (the SFU switches at the next
+    keyframe of the new layer), then `hold` seconds are. With `ramp_to` (bit/s), the
+    first quality stays selected until 90% of that bitrate arrives (at most `ramp_most`
+    seconds) before anything is counted: the publisher's bandwidth estimate starts
+    near 1 Mbit/s, and we saw a 1080p top layer take ~15 s to reach its rate, with
+    plateaus on the way that a "bitrate stopped growing" rule mistook for the end.
+    """
+    budget = 20 + 2 + (ramp_most if ramp_to else 0) + len(qualities) * (settle + hold) + 60
     proc = subprocess.run([sys.executable, "-m", "tests.livekit", "layers", url, room_name,
-                           json.dumps(qualities)], capture_output=True, text=True, cwd=ROOT,
-                          timeout=120)
+                           json.dumps(qualities), str(settle), str(hold), str(ramp_to),
+                           str(ramp_most)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=budget)
     if proc.returncode != 0:
         raise RuntimeError(f"subscriber failed:\n{proc.stderr[-3000:]}")
     data = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {name: collections.Counter({tuple(k): v for k, v in pairs})
-            for name, pairs in data.items()}
+    return {name: LayerSeen.from_json(layer) for name, layer in data.items()}
 
 
 def _watch_layers_here(url: str, room_name: str, qualities: dict[str, int],
-                       settle: float = 2.0, hold: float = 2.5, start_after: float = 2.0
-                       ) -> dict[str, collections.Counter]:
+                       settle: float = 2.0, hold: float = 2.5, start_after: float = 2.0,
+                       ramp_to: int = 0, ramp_most: float = 20.0) -> dict[str, LayerSeen]:
     from livekit import rtc
 
-    sizes: dict[str, collections.Counter] = {name: collections.Counter() for name in qualities}
+    seen = {name: LayerSeen() for name in qualities}
 
-    async def main() -> dict[str, collections.Counter]:
+    async def receiver_counts(track: Any) -> tuple[float, int, int] | None:
+        """(stats time in s, frames decoded, payload bytes) of the track's receiver."""
+        for stats in await track.get_stats():
+            if stats.WhichOneof("stats") == "inbound_rtp":
+                rtp = stats.inbound_rtp  # its timestamp is in microseconds
+                return (rtp.rtc.timestamp / 1e6, rtp.inbound.frames_decoded,
+                        rtp.inbound.bytes_received)
+        return None
+
+    async def until_bitrate(track: Any, bits_per_second: float, most: float) -> None:
+        """Wait until the last 2 s brought `bits_per_second` (or `most` s have passed)."""
+        samples = [await receiver_counts(track)]
+        deadline = time.monotonic() + most
+        while time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            samples.append(await receiver_counts(track))
+            first, last = samples[-3] if len(samples) >= 3 else None, samples[-1]
+            if first is None or last is None or last[0] <= first[0]:
+                continue  # a 2 s window needs three samples of the receiver
+            if (last[2] - first[2]) * 8 / (last[0] - first[0]) >= bits_per_second:
+                return
+
+    async def main() -> dict[str, LayerSeen]:
         room = rtc.Room()
         phase: list[str | None] = [None]
-        publications: list[Any] = []
+        subscribed_video: list[tuple[Any, Any]] = []  # (publication, track)
         tasks = []
 
         async def video(track: Any) -> None:
             async for event in rtc.VideoStream(track):
                 if phase[0] is not None:
-                    sizes[phase[0]][(event.frame.width, event.frame.height)] += 1
+                    seen[phase[0]].sizes[(event.frame.width, event.frame.height)] += 1
 
         @room.on("track_subscribed")
         def subscribed(track: Any, pub: Any, participant: Any) -> None:
             if track.kind == rtc.TrackKind.KIND_VIDEO:
-                publications.append(pub)
+                subscribed_video.append((pub, track))
                 tasks.append(asyncio.ensure_future(video(track)))
+
+        def select(quality: int) -> None:
+            """Ask for a layer; a single-layer track has none to choose (the SDK raises)."""
+            if subscribed_video and subscribed_video[0][0].simulcasted:
+                subscribed_video[0][0].set_video_quality(quality)
 
         await room.connect(url, subscriber_token(room_name, "layer-viewer"))
         deadline = time.monotonic() + 20
-        while not publications and time.monotonic() < deadline:
+        while not subscribed_video and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        await asyncio.sleep(start_after)
+        if subscribed_video and ramp_to > 0:  # the ramp is the start-up wait
+            select(next(iter(qualities.values())))
+            await until_bitrate(subscribed_video[0][1], 0.9 * ramp_to, ramp_most)
+        else:
+            await asyncio.sleep(start_after)
         for name, quality in qualities.items():
-            if publications:
-                publications[0].set_video_quality(quality)
+            select(quality)
             phase[0] = None
             await asyncio.sleep(settle)  # the SFU switches at the next keyframe
+            track = subscribed_video[0][1] if subscribed_video else None
+            before = await receiver_counts(track) if track else None
             phase[0] = name
             await asyncio.sleep(hold)
-        phase[0] = None
+            phase[0] = None
+            after = await receiver_counts(track) if track else None
+            if before and after:
+                seen[name].seconds = after[0] - before[0]
+                seen[name].frames_decoded = after[1] - before[1]
+                seen[name].bytes_received = after[2] - before[2]
         await room.disconnect()
         for task in tasks:
             task.cancel()
-        return sizes
+        return seen
 
     return run_asyncio(main())
 
 
 def _main(argv: list[str]) -> None:
     """`python -m tests.livekit watch URL ROOM SECONDS QUALITY|"" UNTIL_LEFT|""` or
-    `... layers URL ROOM QUALITIES_JSON`: one JSON line out."""
+    `... layers URL ROOM QUALITIES_JSON SETTLE HOLD RAMP_TO RAMP_MOST`: one JSON line
+    out."""
     if argv[0] == "layers":
-        _, url, room, qualities = argv
-        sizes = _watch_layers_here(url, room, json.loads(qualities))
-        print(json.dumps({name: [[list(k), v] for k, v in counter.items()]
-                          for name, counter in sizes.items()}))
+        _, url, room, qualities, settle, hold, ramp_to, ramp_most = argv
+        layers = _watch_layers_here(url, room, json.loads(qualities), float(settle),
+                                    float(hold), ramp_to=int(ramp_to),
+                                    ramp_most=float(ramp_most))
+        print(json.dumps({name: seen.to_json() for name, seen in layers.items()}))
         return
     _, url, room, seconds, quality, until_left = argv
     seen = _watch_here(url, room, float(seconds), int(quality) if quality else None,
