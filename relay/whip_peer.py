@@ -80,6 +80,10 @@ class _DecoderTap:
         else:
             self.on_frame(*item)
 
+    def get(self) -> Any:
+        """The decoder thread, if it starts after the tap, waits here for its end."""
+        return self.original.get()
+
 
 _QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
 
@@ -143,7 +147,8 @@ class WhipPeer:
             self.has_audio = True
 
     def _on_state(self) -> None:
-        assert self._pc is not None
+        if self._pc is None:  # aiortc reports "closed" after close() too
+            return
         state = self._pc.connectionState
         log.info("WHIP peer connection %s", state)
         if state in ("failed", "closed"):
@@ -219,11 +224,16 @@ class WhipPeer:
             await trio_asyncio.aio_as_trio(receiver._send_rtcp_pli)(ssrc)
 
     def _remote_video_ssrc(self) -> int:
+        """The publisher's video SSRC, not its RTX one: a PLI naming the RTX stream is
+        ignored (Chromium sends bandwidth-probe padding on RTX before any media, and
+        aiortc lists sources before unwrapping RTX)."""
         receiver = self._video_receiver
         if receiver is None:
             return 0
+        rtx = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})  # RTX SSRC -> media SSRC
         for source in receiver.getSynchronizationSources():
-            return int(source.source)
+            if source.source not in rtx:
+                return int(source.source)
         return 0
 
     async def close(self) -> None:
