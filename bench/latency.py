@@ -220,6 +220,15 @@ class Subscriber:
     stop: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
+    def start(self) -> threading.Thread:
+        """Run in a daemon thread; return it once the room is joined (or raise)."""
+        thread = threading.Thread(target=self.run, daemon=True)
+        thread.start()
+        self.connected.wait(30)
+        if self.error:
+            raise self.error
+        return thread
+
     def run(self) -> None:
         try:
             asyncio.run(self._main())
@@ -239,7 +248,8 @@ class Subscriber:
         @room.on("track_subscribed")
         def subscribed(track: Any, pub: Any, participant: Any) -> None:
             if track.kind == rtc.TrackKind.KIND_VIDEO:
-                pub.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_HIGH)
+                if pub.simulcasted:  # a passthrough track has one layer only
+                    pub.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_HIGH)
                 tracks.append(track)
                 tasks.append(asyncio.ensure_future(self._video(track)))
 
@@ -307,11 +317,11 @@ def children(pid: int) -> list[int]:
 # -- the run ----------------------------------------------------------------------------------
 
 
-def start_harness(workdir: Path) -> tuple[LiveKitServer, ServiceProcess]:
+def start_harness(workdir: Path, **config: Any) -> tuple[LiveKitServer, ServiceProcess]:
     """A livekit-server and the service (RTMP on a free port) running under `workdir`.
 
     Both are started; the caller stops them. If the service does not start, both are
-    stopped before the error propagates.
+    stopped before the error propagates. `config`: more service settings.
     """
     from tests.livekit import API_KEY, API_SECRET, LiveKitServer
     from tests.service import ServiceProcess
@@ -321,7 +331,7 @@ def start_harness(workdir: Path) -> tuple[LiveKitServer, ServiceProcess]:
     livekit = LiveKitServer(workdir / "livekit")
     livekit.start()
     service = ServiceProcess(workdir / "service", api_key=API_KEY, api_secret=API_SECRET,
-                             ws_url=livekit.url, rtmp_port=0)
+                             ws_url=livekit.url, rtmp_port=0, **config)
     try:
         service.start()
     except BaseException:
@@ -331,7 +341,9 @@ def start_harness(workdir: Path) -> tuple[LiveKitServer, ServiceProcess]:
     return livekit, service
 
 
-def create_ingress(service: Any, room: str, preset: int | None) -> Any:
+def create_ingress(service: Any, room: str, preset: int | None, input_type: int | None = None,
+                   **fields: Any) -> Any:
+    """An ingress (RTMP unless `input_type` says otherwise) into `room`, through livekit-api."""
     from livekit.protocol import ingress as pb
     from livekit.protocol import models
 
@@ -341,10 +353,11 @@ def create_ingress(service: Any, room: str, preset: int | None) -> Any:
 
     async def call(client: Any) -> Any:
         return await client.create_ingress(pb.CreateIngressRequest(
-            input_type=pb.IngressInput.RTMP_INPUT, name="latency", room_name=room,
-            participant_identity="latency-source", video=video,
-            audio=pb.IngressAudioOptions(name="microphone",
-                                         source=models.TrackSource.MICROPHONE)))
+            input_type=pb.IngressInput.RTMP_INPUT if input_type is None else input_type,
+            name="latency", room_name=room, participant_identity="latency-source",
+            video=video, audio=pb.IngressAudioOptions(name="microphone",
+                                                      source=models.TrackSource.MICROPHONE),
+            **fields))
 
     return service.api(call)
 
@@ -361,6 +374,38 @@ def per_frame_ms(stats: list[dict[str, float]], total: str, count: str) -> str:
         return "?"
     frames = stats[1][count] - stats[0][count]
     return f"{(stats[1][total] - stats[0][total]) / frames * 1000:.1f}" if frames else "?"
+
+
+def print_subscriber_stats(stats: list[dict[str, float]]) -> None:
+    """The subscriber's libwebrtc jitter buffer, decode and loss figures over the window."""
+    emitted = "jitter_buffer_emitted_count"
+    print(f"subscriber libwebrtc, per frame over the window: jitter buffer "
+          f"{per_frame_ms(stats, 'jitter_buffer_delay', emitted)} ms "
+          f"(target {per_frame_ms(stats, 'jitter_buffer_target_delay', emitted)}"
+          f" ms), decode {per_frame_ms(stats, 'total_decode_time', 'frames_decoded')} ms, "
+          f"first packet -> decoded "
+          f"{per_frame_ms(stats, 'total_processing_delay', 'frames_decoded')} ms")
+    if len(stats) == 2 and stats[0] and stats[1]:
+        print("subscriber counters over the window: " + ", ".join(
+            f"{k} {stats[1][k] - stats[0][k]:g}" for k in (
+                "frames_decoded", "frames_dropped", "freeze_count", "nack_count",
+                "pli_count")))
+
+
+def window_latencies(frames: list[Received], warmup: float, seconds: float) -> list[int]:
+    """The latencies (ms) read in the measured window; prints its counts and sizes."""
+    begin = frames[0].at_ms + warmup * 1000
+    window = [f for f in frames if begin <= f.at_ms < begin + seconds * 1000]
+    read = [(f, latency_ms(f.stamp, f.at_ms)) for f in window if f.stamp is not None]
+    good = [(f, ms) for f, ms in read if 0 <= ms <= MAX_PLAUSIBLE_MS]
+    rejected = len(window) - len(good)
+    unique = len({f.stamp for f, _ in good})
+    sizes = Counter(f"{f.width}x{f.height}" for f in window)
+    print(f"received {len(frames)} frames; measured {seconds:g} s after a "
+          f"{warmup:g} s warm-up: {len(window)} frames ({len(window) / seconds:.1f}"
+          f" fps), {len(good)} stamps read ({unique} distinct), {rejected} rejected")
+    print("sizes in the window: " + ", ".join(f"{k} x{v}" for k, v in sizes.most_common()))
+    return [ms for _, ms in good]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -380,11 +425,7 @@ def run(args: argparse.Namespace) -> None:
             room = "bench-latency"
             info = create_ingress(service, room, preset if args.preset else None)
             viewer = Subscriber(livekit.url, room, args.warmup)
-            thread = threading.Thread(target=viewer.run, daemon=True)
-            thread.start()
-            viewer.connected.wait(30)
-            if viewer.error:
-                raise viewer.error
+            thread = viewer.start()
             url = f"rtmp://{service.rtmp_addr}/live/{info.stream_key}"
             publish_for = args.seconds + args.warmup + 3  # + connect, publish, first frame
             publisher = subprocess.Popen(
@@ -419,44 +460,19 @@ def run(args: argparse.Namespace) -> None:
 
     if viewer.error:
         print(f"subscriber failed: {viewer.error!r}")
-    frames = viewer.frames
-    if not frames:
+    if not viewer.frames:
         print("no video frame reached the subscriber")
         return
-    begin = frames[0].at_ms + args.warmup * 1000
-    window = [f for f in frames if begin <= f.at_ms < begin + args.seconds * 1000]
-    read = [(f, latency_ms(f.stamp, f.at_ms)) for f in window if f.stamp is not None]
-    good = [(f, ms) for f, ms in read if 0 <= ms <= MAX_PLAUSIBLE_MS]
-    rejected = len(window) - len(good)
-    unique = len({f.stamp for f, _ in good})
-    sizes = Counter(f"{f.width}x{f.height}" for f in window)
-
     print(f"preset {preset_name}; publisher libx264 veryfast zerolatency {W}x{H} {FPS} fps "
           f"{VIDEO_BITRATE // 1000}k GOP 60 no B-frames + AAC 48 kHz mono, "
           f"{args.audio_lead * 1000:g} ms ahead")
-    print(f"received {len(frames)} frames; measured {args.seconds:g} s after a "
-          f"{args.warmup:g} s warm-up: {len(window)} frames ({len(window) / args.seconds:.1f}"
-          f" fps), {len(good)} stamps read ({unique} distinct), {rejected} rejected")
-    print("sizes in the window: " + ", ".join(f"{k} x{v}" for k, v in sizes.most_common()))
+    good = window_latencies(viewer.frames, args.warmup, args.seconds)
     if good:
-        print(f"GLASS-TO-GLASS: {describe([ms for _, ms in good])}")
-        median = float(np.median([ms for _, ms in good]))
-        p95 = float(np.percentile([ms for _, ms in good], 95))
+        print(f"GLASS-TO-GLASS: {describe(good)}")
+        median, p95 = float(np.median(good)), float(np.percentile(good, 95))
         print(f"targets: median <= 300 ms {'met' if median <= 300 else 'MISSED'}, "
               f"p95 <= 500 ms {'met' if p95 <= 500 else 'MISSED'}")
-    stats = viewer.stats
-    emitted = "jitter_buffer_emitted_count"
-    print(f"subscriber libwebrtc, per frame over the window: jitter buffer "
-          f"{per_frame_ms(stats, 'jitter_buffer_delay', emitted)} ms "
-          f"(target {per_frame_ms(stats, 'jitter_buffer_target_delay', emitted)}"
-          f" ms), decode {per_frame_ms(stats, 'total_decode_time', 'frames_decoded')} ms, "
-          f"first packet -> decoded "
-          f"{per_frame_ms(stats, 'total_processing_delay', 'frames_decoded')} ms")
-    if len(stats) == 2 and stats[0] and stats[1]:
-        print("subscriber counters over the window: " + ", ".join(
-            f"{k} {stats[1][k] - stats[0][k]:g}" for k in (
-                "frames_decoded", "frames_dropped", "freeze_count", "nack_count",
-                "pli_count")))
+    print_subscriber_stats(viewer.stats)
     print(f"publisher: {sent}")
     span = t1 - t0
     print("CPU over the window (% of one core): " + ", ".join(

@@ -8,6 +8,7 @@ browser would. Run in asyncio (tests wrap it in `run_asyncio`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import time
 from dataclasses import dataclass, field
@@ -117,18 +118,24 @@ def split_candidates(sdp: str) -> tuple[str, str]:
 
 async def publish(endpoint: str, *, seconds: float, video_codec: str | None = "VP8",
                   audio: bool = True, bearer: str | None = None, trickle: bool = False,
-                  width: int = 640, height: int = 480) -> WhipPublish:
+                  width: int = 640, height: int = 480,
+                  video_track: MediaStreamTrack | None = None,
+                  audio_track: MediaStreamTrack | None = None,
+                  until: asyncio.Event | None = None) -> WhipPublish:
     """POST an offer to `endpoint`, send media for `seconds`, then DELETE the resource.
 
     `trickle`: the offer goes without candidates, which follow in a PATCH (then an
     ICE-restart PATCH and one with a stale If-Match are tried, and refused).
+    `video_track`, `audio_track`: sent instead of the test picture and the tone.
+    `until`: when given, media stops once it is set (or after `seconds`).
     """
     loopback_only()
     result = WhipPublish()
     pc = RTCPeerConnection()
     try:
         if video_codec is not None:
-            transceiver = pc.addTransceiver(TestPictureTrack(width, height), "sendonly")
+            transceiver = pc.addTransceiver(video_track or TestPictureTrack(width, height),
+                                           "sendonly")
             codecs = [c for c in RTCRtpSender.getCapabilities("video").codecs
                       if c.mimeType.lower() in (f"video/{video_codec.lower()}", "video/rtx")]
             transceiver.setCodecPreferences(codecs)
@@ -141,7 +148,7 @@ async def publish(endpoint: str, *, seconds: float, video_codec: str | None = "V
 
             sender._send_keyframe = counted  # type: ignore[method-assign]
         if audio:
-            pc.addTransceiver(ToneTrack(), "sendonly")
+            pc.addTransceiver(audio_track or ToneTrack(), "sendonly")
         await pc.setLocalDescription(await pc.createOffer())
         headers = {"content-type": "application/sdp"}
         if bearer is not None:
@@ -173,7 +180,11 @@ async def publish(endpoint: str, *, seconds: float, video_codec: str | None = "V
             while pc.connectionState != "connected" and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             result.connected = pc.connectionState == "connected"
-            await asyncio.sleep(seconds)
+            if until is None:
+                await asyncio.sleep(seconds)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(until.wait(), seconds)
             result.delete_status = (await http.delete(base + result.location)).status_code
     finally:
         await pc.close()
