@@ -39,13 +39,15 @@ def create_passthrough(service: ServiceProcess, room: str, identity: str) -> pb.
 
 def push(service: ServiceProcess, key: str, *, bframes: int, seconds: int = 6
          ) -> subprocess.Popen[bytes]:
+    """1080p H.264 with a 1 s GOP at 1.5 Mbit/s: the room cannot ask an RTMP encoder for
+    a keyframe, nor a passthrough track lower its rate (docs/DESIGN.md)."""
     return subprocess.Popen(
         ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
          "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30",
          "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", str(seconds),
          "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
          "-profile:v", "main" if bframes else "baseline", "-bf", str(bframes),
-         "-pix_fmt", "yuv420p", "-g", "60", "-b:v", "3M", "-c:a", "aac", "-b:a", "96k",
+         "-pix_fmt", "yuv420p", "-g", "30", "-b:v", "1500k", "-c:a", "aac", "-b:a", "96k",
          "-f", "flv", f"rtmp://{service.rtmp_addr}/live/{key}"],
         stderr=subprocess.PIPE)
 
@@ -69,7 +71,8 @@ def test_h264_without_bframes_passes_through_at_source_size(
     (got,) = seen
     sizes = got.video_sizes
     assert max(sizes, key=sizes.get) == (1920, 1080), sizes
-    assert got.fps() >= 15, got.fps()  # 30 sent; a starved viewer decodes fewer
+    # 30 sent; a starved viewer decodes fewer
+    assert got.fps() >= 15, (got.fps(), sizes, len(got.video_times))
     assert sorted(got.audio_rms)[len(got.audio_rms) // 2] > 1000, "the tone did not arrive"
     assert [t for t in got.tracks if t["kind"] == 2]
 
