@@ -218,6 +218,8 @@ class WhipIngest:
                     await self._finish(ingress_id, resource_id, started_at, status, error)
                 log.log(logging.WARNING if error else logging.INFO, "%s ended: %s", who, reason)
                 metrics.PUBLISH_STATUS.labels("whip", pb.IngressState.Status.Name(status)).inc()
+        if not answered:  # cancelled while starting: a newer publish, a delete, shutdown
+            raise SessionRefused(409, f"the session ended before it answered: {reason}")
 
     async def _follow(self, worker: SessionWorker, info: pb.IngressInfo, resource_id: str,
                       started_at: int) -> None:

@@ -199,3 +199,23 @@ def test_whip_trickle_patch_and_refused_ice_restart(whip_service: ServiceProcess
     assert result.patch_statuses == [204, 405, 412], result.patch_statuses
     assert re.search(r"trickled ICE candidates: [1-9]\d* of [1-9]\d* added, end of "
                      r"candidates", whip_service.log())
+
+
+def test_two_offers_at_once_on_one_key(whip_service: ServiceProcess) -> None:
+    """The newer publisher takes over (RTMP's rule); the older one, if still starting,
+    is told why (409) rather than getting a server error."""
+    import asyncio
+
+    info = create_whip(whip_service, "whip-race", "pub-race")
+    url = endpoint(whip_service, info.stream_key)
+
+    async def both() -> list[whip_client.WhipPublish]:
+        return list(await asyncio.gather(whip_client.publish(url, seconds=2),
+                                         whip_client.publish(url, seconds=2)))
+
+    results = run_asyncio(both())
+    statuses = sorted(r.status for r in results)
+    assert statuses in ([201, 201], [201, 409]), [(r.status, r.error) for r in results]
+    assert any(r.connected for r in results)
+    wait_for(whip_service, info.ingress_id, pb.IngressState.ENDPOINT_INACTIVE)
+    assert whip_service.alive
