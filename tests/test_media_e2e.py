@@ -105,7 +105,7 @@ def test_rtmp_720p_with_tone_reaches_the_room(media_service: ServiceProcess,
     viewer = threading.Thread(target=lambda: seen.append(
         watch(livekit.url, "e2e-720p", 40.0, until_left="obs-1")))
     viewer.start()
-    ffmpeg = publisher(media_service.rtmp_addr, info.stream_key, seconds=10)
+    ffmpeg = publisher(media_service.rtmp_addr, info.stream_key, seconds=16)
     publishing = wait_for(media_service, info.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING)
     time.sleep(6)  # let the periodic input-state refresh run
     live = state(media_service, info.ingress_id)
@@ -144,11 +144,13 @@ def test_rtmp_720p_with_tone_reaches_the_room(media_service: ServiceProcess,
     why = (got.video_sizes, [round(g, 2) for g in gaps],
            re.findall(r"session ended: .*", media_service.log()))
     assert hd.count((1280, 720)) >= 0.95 * len(hd) and len(hd) > 60, why
-    assert got.video_times[-1] - got.video_times[0] > 7, why  # the whole 10 s arrived
-    # 30 fps in; libwebrtc's encoder drops frames when the machine is starved of CPU
-    # (2 cores shared with ffmpeg, livekit-server and this viewer), so this bound says
-    # "moving, not frozen"; what our pipeline hands the SDK is checked exactly below
-    assert got.fps() >= 15, (got.fps(), why)
+    assert got.video_times[-1] - got.video_times[0] > 12, why  # the whole 16 s arrived
+    # 30 fps in. The SDK's publisher starts its bandwidth estimate at 1 Mbit/s and its
+    # encoder skips frames until the estimate has ramped up (seen: ~6 fps over the
+    # first 10 s on an idle machine, regular 160-190 ms gaps), and it drops frames
+    # when starved of CPU; so the rate is taken after 8 s, and the bound says
+    # "moving, not frozen". What our pipeline hands the SDK is checked exactly below.
+    assert got.fps(skip=8.0) >= 15, (got.fps(skip=8.0), why)
     (frames_in, to_sdk), = re.findall(r"video frames: (\d+) in, (\d+) to the SDK",
                                       media_service.log())[-1:]
     assert int(frames_in) >= 290 and int(to_sdk) >= 0.8 * int(frames_in), why
