@@ -96,10 +96,17 @@ class WorkerSinkFactory:
             raise MediaFailure(worker.failure)
 
     async def _apply_reports(self, worker: SessionWorker, ctx: PublishContext) -> None:
-        async for report in worker.reports:
-            if report.status not in ("publishing", "stats"):
-                continue
-            state = publishing_state(report, ctx.resource_id, ctx.started_at, self.clock_ns())
-            if not await self.store.update_state(ctx.info.ingress_id, state):
-                log.info("state of %s not written: a newer session owns it",
-                         ctx.info.ingress_id)
+        await apply_reports(self.store, worker, ctx.info.ingress_id, ctx.resource_id,
+                            ctx.started_at, self.clock_ns)
+
+
+async def apply_reports(store: IngressStore, worker: SessionWorker, ingress_id: str,
+                        resource_id: str, started_at: int, clock_ns: Callable[[], int]
+                        ) -> None:
+    """The worker's reports as IngressState (PUBLISHING, with input stats) until it exits."""
+    async for report in worker.reports:
+        if report.status not in ("publishing", "stats"):
+            continue
+        state = publishing_state(report, resource_id, started_at, clock_ns())
+        if not await store.update_state(ingress_id, state):
+            log.info("state of %s not written: a newer session owns it", ingress_id)

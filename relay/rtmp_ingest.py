@@ -58,7 +58,7 @@ from api.ids import RTMP_RESOURCE_PREFIX, new_resource_id
 from api.store import IngressStore
 
 from . import metrics
-from .sessions import SessionRegistry
+from .sessions import SessionRegistry, write_final_state
 from .sink import MediaFailure, MediaSink, PublishContext, SinkEvent, SinkFactory
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,6 @@ RECEIVE_SIZE = 65536
 PROGRESS_INTERVAL = 2.0  # seconds between DEBUG progress lines of a live session
 FLUSH_TIMEOUT = 2.0  # seconds to deliver a refusal or a final reply before closing
 DRAIN_TIMEOUT = 2.0  # seconds to wait for the publisher's own close after a clean end
-STATE_WRITE_TIMEOUT = 5.0
 
 UNKNOWN_KEY = "unknown stream key"
 DISABLED = "session is disabled"
@@ -455,7 +454,8 @@ class _Connection:
                 self.live = False
                 if not reason:  # cancelled: takeover, delete, update, shutdown
                     reason = live.stop_reason or "cancelled"
-                await self._finish(ingress_id, resource_id, started_at, status, error)
+                await write_final_state(ingest.store, ingest.clock_ns, ingress_id, resource_id,
+                                        started_at, status, error)
                 elapsed = trio.current_time() - began
                 failed = status == pb.IngressState.ENDPOINT_ERROR
                 log.log(logging.WARNING if failed else logging.INFO,
@@ -464,18 +464,6 @@ class _Connection:
                 metrics.PUBLISH_STATUS.labels("rtmp", pb.IngressState.Status.Name(status)).inc()
         if reason == CLEAN_END:
             await self._drain()
-
-    async def _finish(self, ingress_id: str, resource_id: str, started_at: int, status: int,
-                      error: str) -> None:
-        """The final state; it names the session that ended (resource id, started_at)."""
-        ended = self.ingest.clock_ns()
-        final = pb.IngressState(status=status, error=error, resource_id=resource_id,
-                                started_at=started_at, ended_at=ended, updated_at=ended)
-        with trio.move_on_after(STATE_WRITE_TIMEOUT, shield=True):
-            try:
-                await self.ingest.store.update_state(ingress_id, final)
-            except Exception:
-                log.exception("could not write the final state of %s", ingress_id)
 
     async def _pump(self, stream_id: int, ctx: PublishContext) -> str:
         ingest = self.ingest

@@ -30,8 +30,8 @@ from api.store import IngressStore
 from api.validation import transcoding_enabled
 
 from . import metrics
-from .pipeline import publishing_state
-from .sessions import SessionRegistry
+from .pipeline import apply_reports
+from .sessions import SessionRegistry, write_final_state
 from .tokens import participant_token
 from .wire import RemoteCandidates, Start
 from .worker_client import SessionWorker, open_session_worker
@@ -39,7 +39,6 @@ from .worker_client import SessionWorker, open_session_worker
 log = logging.getLogger(__name__)
 
 ANSWER_TIMEOUT = 10.0  # the worker's answer to an offer
-STATE_WRITE_TIMEOUT = 5.0
 MAX_OFFER_BYTES = 64 * 1024
 
 
@@ -198,7 +197,8 @@ class WhipIngest:
                     task_status.started(worker.answer)
                     log.info("%s: publishing to room %r as %r", who, info.room_name,
                              info.participant_identity)
-                    await self._follow(worker, info, resource_id, started_at)
+                    await apply_reports(self.store, worker, ingress_id, resource_id,
+                                        started_at, self.clock_ns)
                     worker.drain = False
                 if worker.failure:
                     status, error = pb.IngressState.ENDPOINT_ERROR, worker.failure
@@ -208,37 +208,20 @@ class WhipIngest:
             except SessionRefused as exc:
                 status, error, reason = pb.IngressState.ENDPOINT_ERROR, str(exc), str(exc)
                 if not answered:
-                    await self._finish(ingress_id, resource_id, started_at, status, error)
+                    await write_final_state(self.store, self.clock_ns, ingress_id,
+                                            resource_id, started_at, status, error)
                     raise
             finally:
                 self._live.pop(resource_id, None)
                 if not reason:
                     reason = live.stop_reason or "cancelled"
                 if answered:
-                    await self._finish(ingress_id, resource_id, started_at, status, error)
+                    await write_final_state(self.store, self.clock_ns, ingress_id,
+                                            resource_id, started_at, status, error)
                 log.log(logging.WARNING if error else logging.INFO, "%s ended: %s", who, reason)
                 metrics.PUBLISH_STATUS.labels("whip", pb.IngressState.Status.Name(status)).inc()
         if not answered:  # cancelled while starting: a newer publish, a delete, shutdown
             raise SessionRefused(409, f"the session ended before it answered: {reason}")
-
-    async def _follow(self, worker: SessionWorker, info: pb.IngressInfo, resource_id: str,
-                      started_at: int) -> None:
-        """Apply the worker's reports until it exits (the session is over)."""
-        async for report in worker.reports:
-            if report.status in ("publishing", "stats"):
-                state = publishing_state(report, resource_id, started_at, self.clock_ns())
-                await self.store.update_state(info.ingress_id, state)
-
-    async def _finish(self, ingress_id: str, resource_id: str, started_at: int, status: int,
-                      error: str) -> None:
-        ended = self.clock_ns()
-        final = pb.IngressState(status=status, error=error, resource_id=resource_id,
-                                started_at=started_at, ended_at=ended, updated_at=ended)
-        with trio.move_on_after(STATE_WRITE_TIMEOUT, shield=True):
-            try:
-                await self.store.update_state(ingress_id, final)
-            except Exception:
-                log.exception("could not write the final state of %s", ingress_id)
 
 
 @dataclass(frozen=True)
