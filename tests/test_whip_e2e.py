@@ -90,8 +90,12 @@ def test_whip_passthrough_reaches_the_room_and_delete_ends_it(
     assert result.location == f"/w/{info.stream_key}/{live.resource_id}"
     assert result.etag and result.headers["content-type"] == "application/sdp"
     assert result.delete_status == 200
-    # the room's keyframe request for the late viewer came back to us as PLI
-    assert result.keyframe_requests >= 1, result
+    # the room's keyframe request for the late viewer came back to us as PLI. Only
+    # provable with VP8: aiortc's VP8 encoder makes keyframes on request only (GOP
+    # 3000), its H.264 encoder also on its own (x264's default GOP, restarts on
+    # bitrate changes), after which the room need not ask
+    if codec == "VP8":
+        assert result.keyframe_requests >= 1, result
     assert live.resource_id.startswith("WH_") and live.room_id.startswith("RM_")
     video = [t for t in during.tracks if t.type == models.TrackType.VIDEO]
     assert video and video[0].mime_type == f"video/{codec}" and not video[0].simulcast
