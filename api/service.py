@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from google.protobuf.message import Message
 from livekit.protocol import ingress as pb
 
 from . import ids
@@ -26,6 +27,19 @@ log = logging.getLogger(__name__)
 NOT_FOUND = "ingress does not exist"
 NOT_REUSABLE = "ingress is not reusable and cannot be modified"
 ACTIVE = (pb.IngressState.ENDPOINT_BUFFERING, pb.IngressState.ENDPOINT_PUBLISHING)
+
+
+@dataclass(frozen=True)
+class WireResponse:
+    """A response already in protobuf wire form (served from the store's room cache):
+    the Twirp layer sends `data` as it is to protobuf clients and decodes it only for
+    JSON ones."""
+
+    message_type: type[Message]
+    data: bytes
+
+    def decode(self) -> Message:
+        return self.message_type.FromString(self.data)
 
 
 class SessionControl(Protocol):
@@ -162,14 +176,17 @@ class IngressService:
         log.info("updated ingress %s", info.ingress_id)
         return info
 
-    async def list(self, req: pb.ListIngressRequest) -> pb.ListIngressResponse:
+    async def list(self, req: pb.ListIngressRequest) -> pb.ListIngressResponse | WireResponse:
         if req.ingress_id:
             info = await self._store.get(req.ingress_id)
             if info is None:
                 raise TwirpError("not_found", NOT_FOUND)
             items = [info]
+        elif req.room_name:
+            return WireResponse(pb.ListIngressResponse,
+                                await self._store.list_room_wire(req.room_name))
         else:
-            items = await self._store.list(req.room_name or None)
+            items = await self._store.list()
         return pb.ListIngressResponse(items=items)
 
     async def delete(self, req: pb.DeleteIngressRequest) -> pb.IngressInfo:

@@ -40,6 +40,11 @@ class IngressStore(Protocol):
     async def list(self, room_name: str | None = None) -> list[pb.IngressInfo]:
         """All ingresses, or those of one room, oldest first."""
 
+    async def list_room_wire(self, room_name: str) -> bytes:
+        """The room's ingresses, oldest first, as the protobuf wire bytes of
+        ListIngressResponse: what ListIngress by room answers, without decoding and
+        re-encoding every item on each call."""
+
     async def put(self, info: pb.IngressInfo) -> bool:
         """Replace the configuration of an existing ingress (its state is kept).
 
@@ -72,6 +77,9 @@ CREATE INDEX IF NOT EXISTS ingress_by_created ON ingress (created);
 
 _COLUMNS = "info, state"
 _BATCH = 512
+_CACHED_ROOMS = 1024
+_STATE_FIELD = pb.IngressInfo.DESCRIPTOR.fields_by_name["state"].number
+_ITEMS_FIELD = pb.ListIngressResponse.DESCRIPTOR.fields_by_name["items"].number
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -86,6 +94,24 @@ def _merge(row: tuple[bytes, bytes]) -> pb.IngressInfo:
     return info
 
 
+def _length_delimited(number: int, data: bytes) -> bytes:
+    """One protobuf field of wire type 2 (a message or bytes): tag, length, data."""
+    out = bytearray()
+    for value in (number << 3 | 2, len(data)):
+        while value > 0x7F:
+            out.append(value & 0x7F | 0x80)
+            value >>= 7
+        out.append(value)
+    return bytes(out) + data
+
+
+def _wire_item(row: tuple[bytes, bytes]) -> bytes:
+    """A ListIngressResponse item from a row, by concatenation: the config blob has no
+    state field, and a message followed by a field is that message with the field."""
+    config, state = row
+    return _length_delimited(_ITEMS_FIELD, config + _length_delimited(_STATE_FIELD, state))
+
+
 def _split(info: pb.IngressInfo) -> tuple[bytes, bytes]:
     """Config blob (state cleared) and state blob."""
     config = pb.IngressInfo()
@@ -97,6 +123,8 @@ def _split(info: pb.IngressInfo) -> tuple[bytes, bytes]:
 @dataclass
 class _Write:
     apply: Callable[[sqlite3.Connection], Any]
+    rooms: tuple[str, ...] = ()  # rooms and ingresses whose cached lists it invalidates
+    ingress_ids: tuple[str, ...] = ()
     done: trio.Event = field(default_factory=trio.Event)
     result: outcome.Outcome | None = None
 
@@ -113,6 +141,12 @@ class SqliteIngressStore:
 
     def __init__(self, path: Path) -> None:
         self._path = path
+        # ListIngress-by-room answers, kept until a write touches the room. Filled by
+        # inline reads and emptied by the writer task after each commit, both on the
+        # event loop: a read racing a commit may cache the old rows, and the
+        # invalidation after that commit removes them.
+        self._room_wire: dict[str, tuple[bytes, list[str]]] = {}  # room -> (wire, ids)
+        self._room_of: dict[str, str] = {}  # ingress id -> room, for cached rooms
         self._send, self._receive = trio.open_memory_channel[_Write](_BATCH * 4)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -137,6 +171,12 @@ class SqliteIngressStore:
                         break
                 await trio.to_thread.run_sync(self._commit, batch)
                 for write in batch:
+                    for room in write.rooms:
+                        self._forget_room(room)
+                    for ingress_id in write.ingress_ids:
+                        room = self._room_of.get(ingress_id)
+                        if room is not None:
+                            self._forget_room(room)
                     write.done.set()
 
     def _commit(self, batch: list[_Write]) -> None:
@@ -156,8 +196,9 @@ class SqliteIngressStore:
             for write in batch:
                 write.result = outcome.Error(exc)
 
-    async def _write(self, apply: Callable[[sqlite3.Connection], Any]) -> Any:
-        write = _Write(apply)
+    async def _write(self, apply: Callable[[sqlite3.Connection], Any],
+                     rooms: tuple[str, ...] = (), ingress_ids: tuple[str, ...] = ()) -> Any:
+        write = _Write(apply, rooms, ingress_ids)
         await self._send.send(write)
         await write.done.wait()
         assert write.result is not None
@@ -187,6 +228,12 @@ class SqliteIngressStore:
         await trio.lowlevel.checkpoint()
         return run()
 
+    def _forget_room(self, room: str) -> None:
+        _, ingress_ids = self._room_wire.pop(room, (b"", []))
+        for ingress_id in ingress_ids:
+            if self._room_of.get(ingress_id) == room:
+                del self._room_of[ingress_id]
+
     def close(self) -> None:
         self._writer.close()
         with self._readers_lock:
@@ -211,7 +258,7 @@ class SqliteIngressStore:
             except sqlite3.IntegrityError as exc:
                 raise StoreConflict(str(exc)) from None
 
-        await self._write(apply)
+        await self._write(apply, rooms=(info.room_name,))
 
     async def get(self, ingress_id: str) -> pb.IngressInfo | None:
         rows = await self._read(
@@ -230,6 +277,24 @@ class SqliteIngressStore:
         return await self._read(
             f"SELECT {_COLUMNS} FROM ingress WHERE room_name = ? ORDER BY created", (room_name,))
 
+    async def list_room_wire(self, room_name: str) -> bytes:
+        await trio.lowlevel.checkpoint()
+        cached = self._room_wire.get(room_name)
+        if cached is not None:
+            return cached[0]
+        cur = self._reader().execute(
+            f"SELECT ingress_id, {_COLUMNS} FROM ingress WHERE room_name = ? ORDER BY created",
+            (room_name,))
+        rows = cur.fetchall()
+        wire = b"".join(_wire_item((config, state)) for _, config, state in rows)
+        if len(self._room_wire) >= _CACHED_ROOMS:
+            self._forget_room(next(iter(self._room_wire)))
+        ingress_ids = [row[0] for row in rows]
+        self._room_wire[room_name] = (wire, ingress_ids)
+        for ingress_id in ingress_ids:
+            self._room_of[ingress_id] = room_name
+        return wire
+
     async def put(self, info: pb.IngressInfo) -> bool:
         config, _ = _split(info)
 
@@ -240,7 +305,7 @@ class SqliteIngressStore:
             )
             return cur.rowcount == 1
 
-        return await self._write(apply)
+        return await self._write(apply, rooms=(info.room_name,), ingress_ids=(info.ingress_id,))
 
     async def update_state(self, ingress_id: str, state: pb.IngressState) -> bool:
         blob = state.SerializeToString()
@@ -253,7 +318,7 @@ class SqliteIngressStore:
             )
             return cur.rowcount == 1
 
-        return await self._write(apply)
+        return await self._write(apply, ingress_ids=(ingress_id,))
 
     async def delete(self, ingress_id: str) -> pb.IngressInfo | None:
         def apply(conn: sqlite3.Connection) -> pb.IngressInfo | None:
@@ -262,7 +327,7 @@ class SqliteIngressStore:
             ).fetchone()
             return _merge(row) if row else None
 
-        return await self._write(apply)
+        return await self._write(apply, ingress_ids=(ingress_id,))
 
 
 @asynccontextmanager

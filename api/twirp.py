@@ -22,7 +22,7 @@ from relay import metrics
 
 from .auth import Authenticator, require_ingress_admin
 from .errors import TwirpError
-from .service import IngressService
+from .service import IngressService, WireResponse
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,11 @@ def too_large() -> TwirpError:
     return TwirpError("malformed", f"request body too large (limit {MAX_BODY_BYTES} bytes)")
 
 
-def encode(message: Message, content_type: str) -> bytes:
+def encode(message: Message | WireResponse, content_type: str) -> bytes:
+    if isinstance(message, WireResponse):
+        if content_type != JSON:
+            return message.data
+        message = message.decode()
     if content_type == JSON:
         return json_format.MessageToJson(
             message, preserving_proto_field_name=True, indent=None,
@@ -78,7 +82,8 @@ class TwirpServer:
 
     def __init__(self, service: IngressService, auth: Authenticator) -> None:
         self._auth = auth
-        self._methods: dict[str, tuple[type[Message], Callable[..., Awaitable[Message]]]] = {
+        self._methods: dict[str, tuple[type[Message],
+                                       Callable[..., Awaitable[Message | WireResponse]]]] = {
             "CreateIngress": (pb.CreateIngressRequest, service.create),
             "UpdateIngress": (pb.UpdateIngressRequest, service.update),
             "ListIngress": (pb.ListIngressRequest, service.list),

@@ -116,3 +116,37 @@ async def test_survives_reopen(tmp_path: Path) -> None:
     async with open_sqlite_store(path) as store:
         assert [i.ingress_id for i in await store.list()] == [info(i).ingress_id
                                                               for i in range(10)]
+
+
+async def test_room_wire_answers_follow_every_write(tmp_path: Path) -> None:
+    """ListIngress by room is served from a per-room cache of wire bytes: after each
+    kind of write, the cached answer is what decoding the rows gives."""
+    async with open_sqlite_store(tmp_path / "s.sqlite3") as store:
+
+        async def check(*rooms: str) -> None:
+            for room in rooms:
+                wire = await store.list_room_wire(room)
+                assert wire == await store.list_room_wire(room)  # cached, same bytes
+                got = pb.ListIngressResponse.FromString(wire)
+                assert list(got.items) == await store.list(room), room
+
+        a, b, c = info(1, "x"), info(2, "y"), info(3, "x", key="")
+        await check("x", "y", "nobody")
+        for item in (a, b, c):
+            await store.create(item)
+            await check("x", "y")
+        assert len(pb.ListIngressResponse.FromString(await store.list_room_wire("x")).items) == 2
+        state = pb.IngressState(status=pb.IngressState.ENDPOINT_PUBLISHING, started_at=5,
+                                resource_id="RT_x", error="")
+        assert await store.update_state(a.ingress_id, state)
+        await check("x", "y")
+        items = pb.ListIngressResponse.FromString(await store.list_room_wire("x")).items
+        assert items[0].state.status == pb.IngressState.ENDPOINT_PUBLISHING
+        b.room_name = "x"  # moves y -> x: both rooms change
+        assert await store.put(b)
+        await check("x", "y")
+        assert not pb.ListIngressResponse.FromString(await store.list_room_wire("y")).items
+        assert await store.delete(c.ingress_id) == c
+        await check("x", "y")
+        assert [i.ingress_id for i in pb.ListIngressResponse.FromString(
+            await store.list_room_wire("x")).items] == [a.ingress_id, b.ingress_id]
