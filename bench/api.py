@@ -34,17 +34,22 @@ ROOMS = 100
 
 
 async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes,
-                   body: bytes) -> bytes:
+                   body: bytes) -> tuple[bytes, bool]:
+    """One call; returns the payload and whether the server closes the connection
+    (hypercorn does after keep_alive_max_requests, 1,000 by default)."""
     writer.write(head + body)
     status_and_headers = await reader.readuntil(b"\r\n\r\n")
-    length = 0
+    length, close = 0, False
     for line in status_and_headers.split(b"\r\n"):
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+        elif name.lower() == b"connection" and value.strip().lower() == b"close":
+            close = True
     payload = await reader.readexactly(length)
     if not status_and_headers.startswith(b"HTTP/1.1 200"):
         raise RuntimeError(status_and_headers + payload)
-    return payload
+    return payload, close
 
 
 def _head(host: str, method: str, token: str, length: int) -> bytes:
@@ -62,8 +67,12 @@ async def _client(host: str, port: int, token: str, jobs: list[tuple[str, bytes]
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
         started = time.perf_counter()
-        await _request(reader, writer, _head(f"{host}:{port}", method, token, len(body)), body)
+        _, close = await _request(reader, writer, _head(f"{host}:{port}", method, token,
+                                                        len(body)), body)
         latencies.append(time.perf_counter() - started)
+        if close:  # a real client reconnects; the time to do so is not a call's latency
+            writer.close()
+            reader, writer = await asyncio.open_connection(host, port)
     writer.close()
 
 
@@ -76,7 +85,11 @@ def _worker(host: str, port: int, token: str, jobs: list[tuple[str, bytes]], cli
                                        i / clients) for i, share in enumerate(shares)))
         return latencies
 
-    out.put(asyncio.run(main()))
+    try:
+        out.put(asyncio.run(main()))
+    except BaseException as exc:
+        out.put(exc)  # the parent must not wait forever for a load process that failed
+        raise
 
 
 def run_load(url: str, token: str, jobs: list[tuple[str, bytes]], clients: int = 16,
@@ -91,7 +104,11 @@ def run_load(url: str, token: str, jobs: list[tuple[str, bytes]], clients: int =
     started = time.perf_counter()
     for w in workers:
         w.start()
-    latencies = [x for _ in workers for x in out.get()]
+    results = [out.get() for _ in workers]
+    for result in results:
+        if isinstance(result, BaseException):
+            raise SystemExit(f"load generator failed: {result!r}")
+    latencies = [x for result in results for x in result]
     elapsed = time.perf_counter() - started
     for w in workers:
         w.join()
