@@ -39,6 +39,9 @@ class Start:
     # the media over its own peer connection instead of from the front.
     offer: str = ""
     host_addresses: tuple[str, ...] = ()  # ICE host candidates to gather (empty: all)
+    # URL input: the worker pulls this URL itself (HTTP(S), HLS, SRT) and paces it; the
+    # front sends no media, only the end of the session.
+    url: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def _fields(message: Any) -> list[Any]:
                 message.video, message.audio, message.drops]
     if isinstance(message, Start):
         return [message.ws_url, message.token, message.ingress, message.transcode,
-                message.offer, list(message.host_addresses)]
+                message.offer, list(message.host_addresses), message.url]
     if isinstance(message, WhipAnswer):
         return [message.sdp]
     if isinstance(message, RemoteCandidates):
@@ -153,8 +156,8 @@ def _build(item: Any) -> Message:
             return StateReport(status, error, room_id, tuple(tracks), dict(video), dict(audio),
                                dict(drops))
         if tag == "start":
-            ws_url, token, ingress, transcode, offer, hosts = args
-            return Start(ws_url, token, ingress, transcode, offer, tuple(hosts))
+            ws_url, token, ingress, transcode, offer, hosts, url = args
+            return Start(ws_url, token, ingress, transcode, offer, tuple(hosts), url)
         if tag == "answer":
             (sdp,) = args
             return WhipAnswer(sdp)

@@ -379,6 +379,20 @@ class Session:
                             # must not hold up video too
                             self.dropped_audio += 1
 
+    async def feed_stages(self, stages: trio.Nursery, reader: MessageReader,
+                          stdin: trio.abc.ReceiveStream) -> EndOfStream:
+        """RTMP: the decode (or passthrough) stages, fed with the front's media events."""
+        video_send, video_recv = trio.open_memory_channel[object](VIDEO_QUEUE)
+        audio_send, audio_recv = trio.open_memory_channel[object](AUDIO_QUEUE)
+        if self.start.transcode:
+            stages.start_soon(self.video_stage, video_recv)
+        else:
+            from .passthrough import rtmp_passthrough_stage
+
+            stages.start_soon(rtmp_passthrough_stage, self, video_recv)
+        stages.start_soon(self.audio_stage, audio_recv)
+        return await self.route(reader, stdin, video_send, audio_send)
+
     async def report_stats(self) -> None:
         while True:
             await trio.sleep(STATS_INTERVAL)
@@ -403,23 +417,25 @@ async def run(stdin: trio.abc.ReceiveStream, stdout: trio.abc.SendStream) -> int
 
         return await run_whip(start, reader, stdin, stdout)
     session = Session(start, stdout)
+    pull = None
+    if start.url:
+        from .url_pull import UrlPull  # URL input: the worker pulls the media itself
+
+        pull = UrlPull(session, start.url)
     failed = False
     async with trio_asyncio.open_loop():
         try:
-            await session.publisher.connect(start.ws_url, start.token)
+            async with trio.open_nursery() as joining:  # open a URL while joining the room
+                if pull is not None:
+                    joining.start_soon(pull.open)
+                await session.publisher.connect(start.ws_url, start.token)
             async with trio.open_nursery() as outer:
                 outer.start_soon(session.report_stats)
                 async with trio.open_nursery() as stages:
-                    video_send, video_recv = trio.open_memory_channel[object](VIDEO_QUEUE)
-                    audio_send, audio_recv = trio.open_memory_channel[object](AUDIO_QUEUE)
-                    if start.transcode:
-                        stages.start_soon(session.video_stage, video_recv)
+                    if pull is not None:
+                        end = await pull.run(reader, stdin)
                     else:
-                        from .passthrough import rtmp_passthrough_stage
-
-                        stages.start_soon(rtmp_passthrough_stage, session, video_recv)
-                    stages.start_soon(session.audio_stage, audio_recv)
-                    end = await session.route(reader, stdin, video_send, audio_send)
+                        end = await session.feed_stages(stages, reader, stdin)
                     log.info("session ended: %s (video frames: %d in, %d to the SDK, "
                              "dropped %d queued, %d late; audio frames: %d in, %d late)",
                              end.reason or "source ended", session.video_in.frames,
