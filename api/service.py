@@ -47,6 +47,11 @@ class SessionControl(Protocol):
         """End the live session of this ingress, if any; True if one was running."""
 
 
+class UrlStarter(Protocol):
+    def start(self, info: pb.IngressInfo) -> None:
+        """Begin pulling a URL ingress that was just created."""
+
+
 class NoSessions:
     """SessionControl for a node that runs no ingest sessions (API-only use, tests)."""
 
@@ -75,8 +80,10 @@ class IngressService:
         clock_ns: Callable[[], int] = time.time_ns,
         *,
         rtmp_passthrough: bool = False,
+        url_pulls: UrlStarter | None = None,
     ) -> None:
         self._store = store
+        self._url_pulls = url_pulls  # None: an API-only node, URL ingresses stay INACTIVE
         self._rtmp_passthrough = rtmp_passthrough
         self._urls = urls
         # not `sessions or ...`: an empty SessionRegistry is falsy (it has __len__)
@@ -111,6 +118,8 @@ class IngressService:
                 self._created_by_request.popitem(last=False)
         log.info("created ingress %s (%s) room=%r", info.ingress_id,
                  pb.IngressInput.Name(info.input_type), info.room_name)
+        if info.input_type == pb.IngressInput.URL_INPUT and self._url_pulls is not None:
+            self._url_pulls.start(info)  # URL input starts right after CreateIngress
         return info
 
     def _new_info(self, req: pb.CreateIngressRequest) -> pb.IngressInfo:

@@ -58,7 +58,7 @@ from api.ids import RTMP_RESOURCE_PREFIX, new_resource_id
 from api.store import IngressStore
 
 from . import metrics
-from .sessions import SessionRegistry, write_final_state
+from .sessions import SHUTTING_DOWN, SessionRegistry, write_final_state
 from .sink import MediaFailure, MediaSink, PublishContext, SinkEvent, SinkFactory
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,6 @@ UNKNOWN_KEY = "unknown stream key"
 DISABLED = "session is disabled"
 NOT_RTMP = "ingress is not an RTMP ingress"
 NO_ROOM = "no room name"
-SHUTTING_DOWN = "server shutting down"
 ONE_PUBLISH = "one publish per connection"
 CLEAN_END = "publisher ended the stream"
 

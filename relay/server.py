@@ -24,7 +24,8 @@ from .config import Config
 from .ops import NodeStatus
 from .pipeline import WorkerSinkFactory
 from .rtmp_ingest import RtmpIngest, RtmpSettings, load_ssl_context
-from .sessions import SessionRegistry
+from .sessions import SHUTTING_DOWN, SessionRegistry
+from .url_ingest import UrlIngest
 from .whip_ingest import WhipIngest
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,13 @@ async def serve(config: Config,
     status = NodeStatus(config.cpu_cost.min_idle_ratio)
     sessions = SessionRegistry()
     async with open_sqlite_store(config.store_path) as store, trio.open_nursery() as nursery:
+        url_pulls = None
+        if config.ws_url:
+            url_pulls = UrlIngest(store, sessions, ws_url=config.ws_url,
+                                  api_key=config.api_key, api_secret=config.api_secret)
+            await nursery.start(url_pulls.run)
         service = IngressService(store, EndpointUrls(config.rtmp_url, config.whip_url), sessions,
-                                 rtmp_passthrough=config.rtmp_passthrough)
+                                 rtmp_passthrough=config.rtmp_passthrough, url_pulls=url_pulls)
         twirp = TwirpServer(service, Authenticator({config.api_key: config.api_secret}))
         nursery.start_soon(status.sample_cpu)
         host = config.bind_address
@@ -111,4 +117,4 @@ async def serve(config: Config,
             await trio.sleep_forever()
         finally:
             status.drain()
-            sessions.stop_all("server shutting down")
+            sessions.stop_all(SHUTTING_DOWN)

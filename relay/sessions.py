@@ -20,6 +20,7 @@ from api.store import IngressStore
 log = logging.getLogger(__name__)
 
 STATE_WRITE_TIMEOUT = 5.0
+SHUTTING_DOWN = "server shutting down"  # the stop reason of every session at shutdown
 
 
 @dataclass
