@@ -34,6 +34,7 @@ class ServiceProcess:
         self.workdir = workdir
         self.api_key = config.pop("api_key", "APIkey" + secrets.token_hex(4))
         self.api_secret = config.pop("api_secret", secrets.token_urlsafe(32))
+        self.env: dict[str, str] = config.pop("env", {})  # e.g. INGRESS_* test knobs
         self.config: dict[str, Any] = {
             "api_key": self.api_key,
             "api_secret": self.api_secret,
@@ -56,7 +57,7 @@ class ServiceProcess:
     def start(self, timeout: float = 20.0) -> str:
         self.config_path.write_text(yaml.safe_dump(self.config))
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("INGRESS_", "LIVEKIT_"))}
+               if not k.startswith(("INGRESS_", "LIVEKIT_"))} | self.env
         log = self.log_path.open("ab")
         offset = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
