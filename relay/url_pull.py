@@ -49,11 +49,12 @@ OPEN_TIMEOUT = 10.0
 # A source that sends nothing for this long has stalled (the issue's 30 s); tests
 # shorten it through the environment.
 STALL_TIMEOUT = float(os.environ.get("INGRESS_URL_STALL_TIMEOUT", "30"))
-# A frame later than this on the clock means the source stalled: the clock moves on
-# (publishing from now) instead of bursting the late frames out. A frame further
-# ahead than MAX_EARLY is a timestamp jump (a discontinuity), which restarts it.
-MAX_LATE = 1.0
+# Seconds behind the clock that make a frame late, ahead that make it a timestamp
+# jump; how much newer media a live source must have waiting for late frames to be
+# skipped (see MediaClock).
+MAX_LATE = 0.5
 MAX_EARLY = 5.0
+LIVE_BACKLOG_MS = 500
 VIDEO_PACKETS = 240  # coded packets queued ahead of the clock (~8 s at 30 fps)
 AUDIO_PACKETS = 400  # ~8 s of AAC
 USER_AGENT = "ingress-relay (LiveKit ingress compatible)"
@@ -191,33 +192,55 @@ def open_source(url: str, stall_timeout: float = STALL_TIMEOUT) -> OpenedSource:
 class MediaClock:
     """When each frame is due, from its timestamp, on one clock for audio and video.
 
-    Anchored at the first frame; a frame more than MAX_LATE behind it (a stalled
-    source) or more than MAX_EARLY ahead (a timestamp jump) re-anchors it at that
-    frame, so a stall delays what follows instead of being caught up in a burst.
+    Anchored at the first frame. A frame more than MAX_EARLY ahead of the clock is a
+    timestamp jump (a discontinuity): the clock restarts at it. A frame more than
+    MAX_LATE behind it means the source or the pipeline stalled:
+    - a file (duration known) continues from there: the clock re-anchors at the late
+      frame, delaying what follows rather than bursting it out;
+    - a live source that has newer media already waiting (`newest_ms`: the newest
+      timestamp demuxed, more than LIVE_BACKLOG_MS ahead) skips the late frame, so
+      the room catches up with the live edge instead of staying behind it for the
+      rest of the session; without a backlog the source itself is late (its clock
+      runs slow), and the clock re-anchors as for a file.
+    `due()` returns None for a frame to skip.
     """
 
-    def __init__(self, now: Callable[[], float] = trio.current_time) -> None:
+    def __init__(self, now: Callable[[], float] = trio.current_time, *, live: bool = False,
+                 newest_ms: Callable[[], int | None] = lambda: None) -> None:
         self._now = now
         self._anchor: tuple[float, int] | None = None
+        self.live = live
+        self._newest_ms = newest_ms
         self.reanchored = 0
+        self.skipped = 0
         self.first_wall: float | None = None
         self.first_ms: int | None = None
 
-    def due(self, pts_ms: int) -> float:
+    def due(self, pts_ms: int) -> float | None:
         now = self._now()
         if self._anchor is None:
             self._anchor = (now, pts_ms)
             self.first_wall, self.first_ms = now, pts_ms
         wall, media = self._anchor
         due = wall + (pts_ms - media) / 1000
+        if now - due > MAX_LATE and self.live:
+            newest = self._newest_ms()
+            if newest is not None and newest - pts_ms > LIVE_BACKLOG_MS:
+                self.skipped += 1
+                return None
         if due - now > MAX_EARLY or now - due > MAX_LATE:
             self._anchor = (now, pts_ms)
             self.reanchored += 1
             return now
         return due
 
-    async def wait(self, pts_ms: int) -> None:
-        await trio.sleep_until(self.due(pts_ms))
+    async def wait(self, pts_ms: int) -> bool:
+        """Sleep until the frame is due; False: skip it (a live source catching up)."""
+        due = self.due(pts_ms)
+        if due is None:
+            return False
+        await trio.sleep_until(due)
+        return True
 
 
 def _ms(frame_or_packet: Any, time_base: Fraction | None) -> int | None:
@@ -237,12 +260,14 @@ class UrlPull:
         self.url = url
         self.source: OpenedSource | None = None
         self.clock = MediaClock()
+        self.newest_ms: int | None = None  # the newest timestamp demuxed (the demux thread's)
         self._stop = threading.Event()
         self.opened = trio.Event()
 
     async def open(self) -> None:
         self.source = await trio.to_thread.run_sync(open_source, self.url,
                                                     abandon_on_cancel=True)
+        self.clock = MediaClock(live=self.source.live, newest_ms=lambda: self.newest_ms)
         self.opened.set()
         source = self.source
         log.info("opened %s (%s): %s%s%s", redact(self.url), "live" if source.live else
@@ -291,8 +316,8 @@ class UrlPull:
                 source.reader.cancel()
         clock = self.clock
         if clock.first_wall is not None:
-            log.info("paced %s: clock re-anchored %d times", redact(self.url),
-                     clock.reanchored)
+            log.info("paced %s: clock re-anchored %d times, %d late frames skipped",
+                     redact(self.url), clock.reanchored, clock.skipped)
         return end
 
     # -- demux (a thread) --------------------------------------------------------------
@@ -310,6 +335,9 @@ class UrlPull:
                 if packet.size == 0:
                     continue  # the demuxer's flush packets
                 channel = video_send if packet.stream is source.video else audio_send
+                at = _ms(packet, packet.stream.time_base)
+                if at is not None and (self.newest_ms is None or at > self.newest_ms):
+                    self.newest_ms = at
                 trio.from_thread.run(channel.send, packet)
                 count += 1
             log.info("end of %s after %d packets", redact(self.url), count)
@@ -352,7 +380,8 @@ class UrlPull:
             pts = _ms(picture, time_base)
             if pts is None:
                 continue
-            await self.clock.wait(pts)
+            if not await self.clock.wait(pts):
+                continue  # behind a live source's edge: skipped (still decoded)
             self.session.video_lag.observe(pts)
             await output.show(picture, pts)
 
@@ -372,9 +401,7 @@ class UrlPull:
                 at = _ms(packet, time_base)  # paced by the packet: decoders may not stamp
                 session.audio_in.count(at or 0, packet.size)
                 frames = await trio.to_thread.run_sync(_decode, codec, packet)
-                if frames:
-                    if at is not None:
-                        await self.clock.wait(at)
+                if frames and (at is None or await self.clock.wait(at)):
                     await output.play(frames)
 
 

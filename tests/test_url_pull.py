@@ -1,0 +1,135 @@
+"""relay/url_pull.py without a room: the pacing clock, the HTTP probe and opening sources."""
+
+from __future__ import annotations
+
+import re
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.url_pull import MediaClock, SourceError, open_source, probe_http, redact
+from tests.livekit import free_port
+from tests.media_http import MediaServer, serve_media
+
+
+def fails_with(text: str, *, whole: bool = False) -> Any:
+    """pytest.raises(SourceError) whose message starts with (or is) `text`."""
+    return pytest.raises(SourceError, match=f"^{re.escape(text)}{'$' if whole else ''}")
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_clock_paces_from_the_first_frame() -> None:
+    t = FakeTime()
+    clock = MediaClock(t)
+    assert clock.due(5_000) == 100.0
+    assert clock.due(5_040) == pytest.approx(100.04)
+    t.now = 100.3
+    assert clock.due(6_000) == pytest.approx(101.0)  # early: wait for it
+    assert clock.reanchored == 0
+
+
+def test_a_file_that_stalled_continues_from_the_late_frame() -> None:
+    t = FakeTime()
+    clock = MediaClock(t, newest_ms=lambda: 60_000)  # a backlog does not matter for a file
+    clock.due(0)
+    t.now = 103.0  # 3 s of wall time later, the frame at 1 s arrives: 2 s late
+    assert clock.due(1_000) == 103.0
+    assert clock.due(1_040) == pytest.approx(103.04)  # the clock moved with it
+    assert (clock.reanchored, clock.skipped) == (1, 0)
+
+
+def test_a_timestamp_jump_restarts_the_clock() -> None:
+    t = FakeTime()
+    clock = MediaClock(t)
+    clock.due(0)
+    assert clock.due(3_600_000) == 100.0  # an hour ahead: a discontinuity, not a wait
+    assert clock.due(3_600_040) == pytest.approx(100.04)
+
+
+def test_a_live_source_behind_its_edge_skips_late_frames() -> None:
+    t = FakeTime()
+    newest = [0]
+    clock = MediaClock(t, live=True, newest_ms=lambda: newest[0])
+    clock.due(0)
+    t.now = 103.0  # stalled 3 s; the segments of the stall are downloaded at once
+    newest[0] = 3_000
+    assert clock.due(1_000) is None  # late, with newer media waiting: skipped
+    assert clock.due(2_400) is None
+    assert clock.due(2_960) == pytest.approx(102.96)  # back at the edge: on the old clock
+    assert (clock.skipped, clock.reanchored) == (2, 0)
+
+
+def test_a_live_source_whose_clock_runs_slow_is_followed() -> None:
+    t = FakeTime()
+    clock = MediaClock(t, live=True, newest_ms=lambda: 1_000)
+    clock.due(0)
+    t.now = 102.0
+    assert clock.due(1_000) == 102.0  # late, but it is the newest: re-anchored, not dropped
+    assert (clock.skipped, clock.reanchored) == (0, 1)
+
+
+def test_redact_drops_credentials_and_query() -> None:
+    assert redact("https://user:pw@cdn.example:8443/a/b.m3u8?token=s3cret") == \
+        "https://cdn.example:8443/a/b.m3u8"
+
+
+@pytest.fixture
+def media(tmp_path: Path) -> Iterator[MediaServer]:
+    (tmp_path / "notes.bin").write_bytes(b"this is not media at all\n" * 100)
+    with serve_media(tmp_path) as server:
+        yield server
+
+
+def test_probe_reports_http_errors_and_types(media: MediaServer) -> None:
+    assert probe_http(f"{media.base}/page.html") == "text/html"
+    assert probe_http(f"{media.base}/notes.bin") == "application/octet-stream"
+    with fails_with(f"HTTP 404 Not Found from {media.base}/nope.mp4", whole=True):
+        probe_http(f"{media.base}/nope.mp4?sig=abc")
+    with fails_with("HTTP 500 Internal Server Error from "):
+        probe_http(f"{media.base}/status/500")
+    port = free_port()
+    with fails_with(f"cannot reach 127.0.0.1:{port}: connection refused", whole=True):
+        probe_http(f"http://127.0.0.1:{port}/x.mp4")
+
+
+def test_probe_refuses_an_untrusted_certificate(media: MediaServer, tmp_path: Path) -> None:
+    from tests.test_rtmp_ingest import make_cert
+
+    cert, key = make_cert(tmp_path)
+    server = MediaServer(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with fails_with("TLS failure with 127.0.0.1: self-signed"):
+            probe_http(f"https://127.0.0.1:{server.server_address[1]}/x.mp4")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_content_that_is_not_media_is_refused(media: MediaServer) -> None:
+    with fails_with("unsupported mime type (text/html) for the source media"):
+        open_source(f"{media.base}/page.html")
+    # a type that might be media: FFmpeg probes it, finds nothing, same message
+    with fails_with("unsupported mime type (application/octet-stream) for the source media"):
+        open_source(f"{media.base}/notes.bin")
+
+
+def test_srt_url_errors_are_source_errors() -> None:
+    with fails_with("only caller mode is supported"):
+        open_source("srt://127.0.0.1:9000?mode=listener")
+    with fails_with("SRT connection to 127.0.0.1:"):
+        open_source(f"srt://127.0.0.1:{free_port()}?connect_timeout=300")
