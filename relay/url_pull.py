@@ -50,11 +50,10 @@ OPEN_TIMEOUT = 10.0
 # shorten it through the environment.
 STALL_TIMEOUT = float(os.environ.get("INGRESS_URL_STALL_TIMEOUT", "30"))
 # Seconds behind the clock that make a frame late, ahead that make it a timestamp
-# jump; how much newer media a live source must have waiting for late frames to be
-# skipped (see MediaClock).
+# jump; how long a live source may skip late frames to catch up (see MediaClock).
 MAX_LATE = 0.5
 MAX_EARLY = 5.0
-LIVE_BACKLOG_MS = 500
+LIVE_CATCH_UP = 3.0
 VIDEO_PACKETS = 240  # coded packets queued ahead of the clock (~8 s at 30 fps)
 AUDIO_PACKETS = 400  # ~8 s of AAC
 USER_AGENT = "ingress-relay (LiveKit ingress compatible)"
@@ -197,20 +196,22 @@ class MediaClock:
     MAX_LATE behind it means the source or the pipeline stalled:
     - a file (duration known) continues from there: the clock re-anchors at the late
       frame, delaying what follows rather than bursting it out;
-    - a live source that has newer media already waiting (`newest_ms`: the newest
-      timestamp demuxed, more than LIVE_BACKLOG_MS ahead) skips the late frame, so
-      the room catches up with the live edge instead of staying behind it for the
-      rest of the session; without a backlog the source itself is late (its clock
-      runs slow), and the clock re-anchors as for a file.
+    - a live source skips its late frames (they are still decoded) for up to
+      LIVE_CATCH_UP seconds: after a stalled HLS download the demuxer fetches the
+      segments it missed faster than real time, and the room gets back to the live
+      edge instead of staying behind it, stall after stall, for the rest of the
+      session. A source still late after that cannot catch up (SRT drops what it
+      could not deliver; a source clock that runs slow): the clock re-anchors and
+      follows it.
     `due()` returns None for a frame to skip.
     """
 
-    def __init__(self, now: Callable[[], float] = trio.current_time, *, live: bool = False,
-                 newest_ms: Callable[[], int | None] = lambda: None) -> None:
+    def __init__(self, now: Callable[[], float] = trio.current_time, *,
+                 live: bool = False) -> None:
         self._now = now
         self._anchor: tuple[float, int] | None = None
         self.live = live
-        self._newest_ms = newest_ms
+        self._late_since: float | None = None  # live: when the current run of late frames began
         self.reanchored = 0
         self.skipped = 0
         self.first_wall: float | None = None
@@ -223,12 +224,19 @@ class MediaClock:
             self.first_wall, self.first_ms = now, pts_ms
         wall, media = self._anchor
         due = wall + (pts_ms - media) / 1000
-        if now - due > MAX_LATE and self.live:
-            newest = self._newest_ms()
-            if newest is not None and newest - pts_ms > LIVE_BACKLOG_MS:
-                self.skipped += 1
-                return None
-        if due - now > MAX_EARLY or now - due > MAX_LATE:
+        if now - due > MAX_LATE:
+            if self.live:
+                if self._late_since is None:
+                    self._late_since = now
+                if now - self._late_since < LIVE_CATCH_UP:
+                    self.skipped += 1
+                    return None
+            self._late_since = None
+            self._anchor = (now, pts_ms)
+            self.reanchored += 1
+            return now
+        self._late_since = None
+        if due - now > MAX_EARLY:
             self._anchor = (now, pts_ms)
             self.reanchored += 1
             return now
@@ -260,14 +268,13 @@ class UrlPull:
         self.url = url
         self.source: OpenedSource | None = None
         self.clock = MediaClock()
-        self.newest_ms: int | None = None  # the newest timestamp demuxed (the demux thread's)
         self._stop = threading.Event()
         self.opened = trio.Event()
 
     async def open(self) -> None:
         self.source = await trio.to_thread.run_sync(open_source, self.url,
                                                     abandon_on_cancel=True)
-        self.clock = MediaClock(live=self.source.live, newest_ms=lambda: self.newest_ms)
+        self.clock = MediaClock(live=self.source.live)
         self.opened.set()
         source = self.source
         log.info("opened %s (%s): %s%s%s", redact(self.url), "live" if source.live else
@@ -335,9 +342,6 @@ class UrlPull:
                 if packet.size == 0:
                     continue  # the demuxer's flush packets
                 channel = video_send if packet.stream is source.video else audio_send
-                at = _ms(packet, packet.stream.time_base)
-                if at is not None and (self.newest_ms is None or at > self.newest_ms):
-                    self.newest_ms = at
                 trio.from_thread.run(channel.send, packet)
                 count += 1
             log.info("end of %s after %d packets", redact(self.url), count)

@@ -41,7 +41,7 @@ def test_clock_paces_from_the_first_frame() -> None:
 
 def test_a_file_that_stalled_continues_from_the_late_frame() -> None:
     t = FakeTime()
-    clock = MediaClock(t, newest_ms=lambda: 60_000)  # a backlog does not matter for a file
+    clock = MediaClock(t)
     clock.due(0)
     t.now = 103.0  # 3 s of wall time later, the frame at 1 s arrives: 2 s late
     assert clock.due(1_000) == 103.0
@@ -59,24 +59,35 @@ def test_a_timestamp_jump_restarts_the_clock() -> None:
 
 def test_a_live_source_behind_its_edge_skips_late_frames() -> None:
     t = FakeTime()
-    newest = [0]
-    clock = MediaClock(t, live=True, newest_ms=lambda: newest[0])
+    clock = MediaClock(t, live=True)
     clock.due(0)
-    t.now = 103.0  # stalled 3 s; the segments of the stall are downloaded at once
-    newest[0] = 3_000
-    assert clock.due(1_000) is None  # late, with newer media waiting: skipped
-    assert clock.due(2_400) is None
-    assert clock.due(2_960) == pytest.approx(102.96)  # back at the edge: on the old clock
+    t.now = 104.0  # stalled 4 s; the missed segments then arrive faster than real time
+    assert clock.due(1_000) is None  # late: skipped
+    t.now = 104.5
+    assert clock.due(3_000) is None
+    t.now = 105.0
+    assert clock.due(4_980) == pytest.approx(104.98)  # back at the edge, on the old clock
     assert (clock.skipped, clock.reanchored) == (2, 0)
+    t.now = 105.0
+    assert clock.due(5_020) == pytest.approx(105.02)  # on time: the catch-up window resets
+    t.now = 108.0  # a new stall: a new window of its own
+    assert clock.due(6_000) is None
 
 
-def test_a_live_source_whose_clock_runs_slow_is_followed() -> None:
+def test_a_live_source_that_cannot_catch_up_is_followed() -> None:
     t = FakeTime()
-    clock = MediaClock(t, live=True, newest_ms=lambda: 1_000)
+    clock = MediaClock(t, live=True)
     clock.due(0)
-    t.now = 102.0
-    assert clock.due(1_000) == 102.0  # late, but it is the newest: re-anchored, not dropped
-    assert (clock.skipped, clock.reanchored) == (0, 1)
+    t.now = 104.0
+    for step in range(40):  # 4 s late, and staying late: what SRT does after a stall
+        t.now = 104.0 + step * 0.1
+        due = clock.due(step * 100)
+        if due is not None:
+            break
+    assert due == pytest.approx(t.now)  # re-anchored once the catch-up window ran out
+    assert t.now - 104.0 >= 3.0 - 1e-9
+    assert clock.reanchored == 1
+    assert clock.due(step * 100 + 40) == pytest.approx(t.now + 0.04)
 
 
 def test_redact_drops_credentials_and_query() -> None:
