@@ -56,12 +56,29 @@ class RtcConfig:
 
 @dataclass(frozen=True)
 class CpuCostConfig:
-    """Admission control (`cpu_cost.*`): CPU cores a session is expected to use."""
+    """Admission control (`cpu_cost.*`, relay/admission.py): CPU cores a session is
+    expected to use, and the share of all cores kept idle (`min_idle_ratio`).
 
-    rtmp_cpu_cost: float = 2.0
-    whip_cpu_cost: float = 2.0
-    whip_bypass_transcoding_cpu_cost: float = 0.1
-    url_cpu_cost: float = 2.0
+    The defaults are measured for this implementation (docs/PERFORMANCE.md), not
+    LiveKit's (2.0 cores per transcoding session, which would refuse every session
+    on a 2-core node):
+
+    * RTMP transcoding, 0.5: a 720p30 default-preset session takes 0.40-0.41 core
+      (bench/transcode.py 0.41 CPU s per media s; bench/sessions.py 0.40, 1.59 for
+      4), 0.56 with the 1080p preset; 0.5 leaves a margin for start-up and audio.
+    * WHIP transcoding, 0.5: not measured on its own; the same decode and
+      three-layer encode as RTMP, so the same figure.
+    * WHIP without transcoding (and RTMP with enable_transcoding=false), 0.25:
+      bench/whip.py measured 0.22 core per passthrough session with Opus audio
+      (0.08 with video only).
+    * URL, 0.5: a pull decodes and transcodes like an RTMP session.
+    * min_idle_ratio, 0.05: LiveKit's reserve (0.1 core on 2 cores).
+    """
+
+    rtmp_cpu_cost: float = 0.5
+    whip_cpu_cost: float = 0.5
+    whip_bypass_transcoding_cpu_cost: float = 0.25
+    url_cpu_cost: float = 0.5
     min_idle_ratio: float = 0.05
 
 

@@ -16,7 +16,11 @@ One task (and one nursery) per TCP connection. A connection goes through two pha
    not an RTMP_INPUT ingress      NetStream.Publish.Denied     ``ingress is not an RTMP ingress``
    ingress has no room_name       NetStream.Publish.Denied     ``no room name``
    node draining (shutdown)       NetStream.Publish.Denied     ``server shutting down``
+   no CPU capacity (admission)    NetStream.Publish.Denied     ``server capacity exceeded``
    ============================== ============================ ======================
+
+   The capacity check (relay/admission.py) comes last, so only a publish that would
+   otherwise be accepted takes a promise of CPU; the session holds it until it ends.
 
 2. **Live**: the session is registered in the :class:`~relay.sessions.SessionRegistry`
    under the ingress id (a newer publisher on the same key cancels this one: takeover;
@@ -56,8 +60,10 @@ from livekit.protocol import ingress as pb
 import rtmp
 from api.ids import RTMP_RESOURCE_PREFIX, new_resource_id
 from api.store import IngressStore
+from api.validation import transcoding_enabled
 
 from . import metrics
+from .admission import CAPACITY_EXCEEDED, Admission, Promise
 from .sessions import SHUTTING_DOWN, SessionRegistry, write_final_state
 from .sink import MediaFailure, MediaSink, PublishContext, SinkEvent, SinkFactory
 
@@ -214,6 +220,7 @@ class RtmpIngest:
         *,
         sink_factory: SinkFactory | None = None,
         draining: Callable[[], bool] = lambda: False,
+        admission: Admission | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.store = store
@@ -221,6 +228,7 @@ class RtmpIngest:
         self.settings = settings or RtmpSettings()
         self.sink_factory = sink_factory
         self.draining = draining
+        self.admission = admission or Admission.unlimited()
         self.clock_ns = clock_ns
         self.connections = 0
 
@@ -312,6 +320,7 @@ class _Connection:
             rtmp.SessionConfig(max_message_size=ingest.settings.max_message_size))
         self.stats = InputStats()
         self.live = False  # between accept and the final state write
+        self.promise: Promise | None = None  # the CPU admission gave an accepted publish
 
     # -- I/O helpers ------------------------------------------------------------------
     async def _receive(self) -> bytes:
@@ -370,8 +379,9 @@ class _Connection:
                         _redact(request.stream_key), ingress, refusal)
             metrics.PUBLISH_STATUS.labels("rtmp", "rejected").inc()
             return
-        assert info is not None
-        await self._live(request, info)
+        assert info is not None and self.promise is not None
+        with self.promise:
+            await self._live(request, info)
 
     async def _until_publish(self) -> rtmp.PublishRequested:
         session = self.session
@@ -388,7 +398,8 @@ class _Connection:
 
     async def _admit(self, request: rtmp.PublishRequested
                      ) -> tuple[pb.IngressInfo | None, str, str]:
-        """(ingress, status code, refusal text); empty text means accepted."""
+        """(ingress, status code, refusal text); empty text means accepted, and then
+        ``self.promise`` holds the session's CPU promise (released when it ends)."""
         denied = rtmp.STATUS_DENIED
         if self.ingest.draining():
             return None, denied, SHUTTING_DOWN
@@ -401,6 +412,11 @@ class _Connection:
             return info, denied, DISABLED
         if not info.room_name:
             return info, denied, NO_ROOM
+        admission = self.ingest.admission
+        self.promise = admission.reserve(
+            admission.cost_for("rtmp", transcoding_enabled(info)))
+        if self.promise is None:
+            return info, denied, CAPACITY_EXCEEDED
         return info, "", ""
 
     async def _live(self, request: rtmp.PublishRequested, info: pb.IngressInfo) -> None:

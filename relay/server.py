@@ -20,6 +20,7 @@ from api.service import EndpointUrls, IngressService
 from api.store import open_sqlite_store
 from api.twirp import TwirpServer
 
+from .admission import Admission
 from .config import Config
 from .ops import NodeStatus
 from .pipeline import WorkerSinkFactory
@@ -60,12 +61,14 @@ async def serve(config: Config,
         log.warning("DEVELOPMENT MODE: API key %r with the well-known secret; "
                     "never expose this node", config.api_key)
     status = NodeStatus(config.cpu_cost.min_idle_ratio)
+    admission = Admission(status, config.cpu_cost)  # shared by every ingest front
     sessions = SessionRegistry()
     async with open_sqlite_store(config.store_path) as store, trio.open_nursery() as nursery:
         url_pulls = None
         if config.ws_url:
             url_pulls = UrlIngest(store, sessions, ws_url=config.ws_url,
-                                  api_key=config.api_key, api_secret=config.api_secret)
+                                  api_key=config.api_key, api_secret=config.api_secret,
+                                  admission=admission)
             await nursery.start(url_pulls.run)
         service = IngressService(store, EndpointUrls(config.rtmp_url, config.whip_url), sessions,
                                  rtmp_passthrough=config.rtmp_passthrough, url_pulls=url_pulls)
@@ -78,7 +81,7 @@ async def serve(config: Config,
             whip = WhipIngest(store, sessions, ws_url=config.ws_url, api_key=config.api_key,
                               api_secret=config.api_secret,
                               host_addresses=(node_ip,) if node_ip else (),
-                              draining=lambda: status.draining)
+                              draining=lambda: status.draining, admission=admission)
             await nursery.start(whip.run)
         http = (await nursery.start(_serve_http, create_app(twirp, status, whip), host,
                                     config.http_port))[0]
@@ -97,12 +100,15 @@ async def serve(config: Config,
         else:
             log.warning("no ws_url configured: sessions are accepted but publish nowhere")
         if config.rtmp_port >= 0 or config.rtmps_port >= 0:
+            # without ws_url no worker runs: a session is the RTMP front alone (0.4% of
+            # a core, docs/PERFORMANCE.md), which cpu_cost does not describe
             ingest = RtmpIngest(store, sessions, RtmpSettings(
                 handshake_timeout=config.rtmp_handshake_timeout,
                 idle_timeout=config.rtmp_idle_timeout,
                 max_message_size=config.rtmp_max_message_size,
                 max_connections=config.rtmp_max_connections,
-            ), sink_factory=sink_factory, draining=lambda: status.draining)
+            ), sink_factory=sink_factory, draining=lambda: status.draining,
+                admission=admission if sink_factory is not None else None)
             if config.rtmp_port >= 0:
                 rtmp = await nursery.start(ingest.serve, host, config.rtmp_port)
             if config.rtmps_port >= 0:

@@ -28,6 +28,7 @@ from api.store import IngressStore
 from api.validation import transcoding_enabled
 
 from . import metrics
+from .admission import CAPACITY_EXCEEDED, Admission, Promise
 from .pipeline import apply_reports
 from .sessions import SHUTTING_DOWN, SessionRegistry, write_final_state
 from .tokens import participant_token
@@ -44,13 +45,14 @@ class UrlIngest:
     """Starts and owns the pulls of URL ingresses (IngressService's `UrlStarter`)."""
 
     def __init__(self, store: IngressStore, sessions: SessionRegistry, *, ws_url: str,
-                 api_key: str, api_secret: str,
+                 api_key: str, api_secret: str, admission: Admission | None = None,
                  clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.store = store
         self.sessions = sessions
         self.ws_url = ws_url
         self.api_key = api_key
         self.api_secret = api_secret
+        self.admission = admission or Admission.unlimited()
         self.clock_ns = clock_ns
         self._nursery: trio.Nursery | None = None
 
@@ -79,11 +81,17 @@ class UrlIngest:
         started_at = self.clock_ns()
         who = f"url session {resource_id} of {ingress_id}"
         status, error = pb.IngressState.ENDPOINT_COMPLETE, ""
+        promise: Promise | None = None  # the CPU admission gave this pull
         with trio.CancelScope() as scope, self.sessions.register(ingress_id, resource_id,
                                                                  scope) as live:
             try:
                 if info.HasField("enabled") and not info.enabled:
                     status, error = pb.IngressState.ENDPOINT_ERROR, DISABLED
+                    return
+                promise = self.admission.reserve(
+                    self.admission.cost_for("url", transcoding_enabled(info)))
+                if promise is None:
+                    status, error = pb.IngressState.ENDPOINT_ERROR, CAPACITY_EXCEEDED
                     return
                 if not await self.store.update_state(ingress_id, pb.IngressState(
                         status=pb.IngressState.ENDPOINT_BUFFERING, resource_id=resource_id,
@@ -102,6 +110,8 @@ class UrlIngest:
                 if worker.failure:
                     status, error = pb.IngressState.ENDPOINT_ERROR, worker.failure
             finally:
+                if promise is not None:
+                    promise.release()
                 reason = live.stop_reason or error or "the media ended"
                 if live.stop_reason:
                     # deleted (the write below finds no ingress), or the service stops

@@ -2,10 +2,12 @@
 
 `POST /w/<key>` (or `POST /w` with the key as Bearer token) carries the
 publisher's SDP offer. The ingress is checked (REFERENCE §4, §7), the offer is
-inspected by the sans-IO `whip` package, then a session worker is started with
-the offer: it answers, joins the room and receives the media over its own peer
-connection (relay/whip_session.py). The answer goes back in the 201 with the
-resource's Location; `DELETE` on that Location ends the session.
+inspected by the sans-IO `whip` package, the node's CPU capacity is checked
+(relay/admission.py: 429 "server capacity exceeded" when the session does not
+fit; an admitted session holds its promise until it ends), then a session worker
+is started with the offer: it answers, joins the room and receives the media
+over its own peer connection (relay/whip_session.py). The answer goes back in
+the 201 with the resource's Location; `DELETE` on that Location ends the session.
 
 Each session is a task in the ingest's nursery, registered in the
 SessionRegistry under its ingress id, so DeleteIngress/UpdateIngress, a newer
@@ -30,6 +32,7 @@ from api.store import IngressStore
 from api.validation import transcoding_enabled
 
 from . import metrics
+from .admission import CAPACITY_EXCEEDED, Admission, Promise
 from .pipeline import apply_reports
 from .sessions import SessionRegistry, write_final_state
 from .tokens import participant_token
@@ -60,6 +63,7 @@ class WhipIngest:
     def __init__(self, store: IngressStore, sessions: SessionRegistry, *, ws_url: str,
                  api_key: str, api_secret: str, host_addresses: tuple[str, ...] = (),
                  draining: Callable[[], bool] = lambda: False,
+                 admission: Admission | None = None,
                  clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.store = store
         self.sessions = sessions
@@ -68,6 +72,7 @@ class WhipIngest:
         self.api_secret = api_secret
         self.host_addresses = host_addresses
         self.draining = draining
+        self.admission = admission or Admission.unlimited()
         self.clock_ns = clock_ns
         self._nursery: trio.Nursery | None = None
         self._live: dict[str, _LiveWhip] = {}  # by resource id
@@ -120,10 +125,15 @@ class WhipIngest:
             return _error(exc.status, exc.message)
         if self._nursery is None:
             return _error(503, "WHIP ingest is not running")
+        promise = self.admission.reserve(self.admission.cost_for("whip", transcode))
+        if promise is None:
+            metrics.PUBLISH_STATUS.labels("whip", "rejected").inc()
+            return _error(429, CAPACITY_EXCEEDED)
         resource_id = new_resource_id(WHIP_RESOURCE_PREFIX)
         try:
             answer = await self._nursery.start(self._session, info, resource_id,
-                                               summary.sdp, transcode, summary.ice_ufrag)
+                                               summary.sdp, transcode, summary.ice_ufrag,
+                                               promise)
         except SessionRefused as exc:
             return _error(exc.status, str(exc))
         metrics.INGRESS_REQUESTS.labels("whip", "true" if transcode else "false").inc()
@@ -166,8 +176,14 @@ class WhipIngest:
     # -- sessions --------------------------------------------------------------------
 
     async def _session(self, info: pb.IngressInfo, resource_id: str, offer: str,
-                       transcode: bool, ufrag: str, task_status: trio.TaskStatus[str]
-                       ) -> None:
+                       transcode: bool, ufrag: str, promise: Promise,
+                       task_status: trio.TaskStatus[str]) -> None:
+        with promise:  # the session's CPU promise ends with it, however it ends
+            await self._run_session(info, resource_id, offer, transcode, ufrag, task_status)
+
+    async def _run_session(self, info: pb.IngressInfo, resource_id: str, offer: str,
+                           transcode: bool, ufrag: str, task_status: trio.TaskStatus[str]
+                           ) -> None:
         ingress_id = info.ingress_id
         started_at = self.clock_ns()
         who = f"whip session {resource_id} of {ingress_id}"

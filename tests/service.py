@@ -45,6 +45,11 @@ class ServiceProcess:
             "whip_base_url": "http://127.0.0.1:8080/w",
             "data_dir": str(workdir / "data"),
             "logging": {"level": "info"},
+            # Admission off: the sessions of a test are not refused because the shared
+            # machine is busy (tests/test_capacity_e2e.py sets its own costs).
+            "cpu_cost": {"rtmp_cpu_cost": 0, "whip_cpu_cost": 0,
+                         "whip_bypass_transcoding_cpu_cost": 0, "url_cpu_cost": 0,
+                         "min_idle_ratio": 0},
             **config,
         }
         self.config_path = workdir / "config.yaml"

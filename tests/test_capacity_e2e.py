@@ -1,0 +1,128 @@
+"""Capacity admission end to end (REFERENCE §4: no capacity -> "server capacity
+exceeded", WHIP 429), through the real service process.
+
+The service is configured so that every transcoding session costs 100 cores (no
+machine has them) and passthrough sessions cost nothing with no reserve (always
+admitted, whatever the machine's load). Its ws_url points at a closed port: no
+LiveKit server is needed, because admission comes before any worker starts; an
+admitted session's worker fails to join the room, which is how the tests tell
+that a worker ran.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from livekit.protocol import ingress as pb
+
+from tests.livekit import free_port
+from tests.service import ServiceProcess, run_asyncio
+from tests.test_rtmp_ingest import Publisher, create, ffmpeg_cmd, state, url, wait_state
+from tests.test_whip_e2e import offer_with
+
+pytestmark = pytest.mark.slow
+
+CAPACITY = "server capacity exceeded"
+INACTIVE = pb.IngressState.ENDPOINT_INACTIVE
+ERROR = pb.IngressState.ENDPOINT_ERROR
+NO_ROOM_SERVER = "cannot join the room"  # what a worker says when ws_url has no server
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    proc = ServiceProcess(
+        tmp_path_factory.mktemp("capacity"), rtmp_port=0, rtmp_passthrough=True,
+        ws_url=f"ws://127.0.0.1:{free_port()}",
+        cpu_cost={"rtmp_cpu_cost": 100, "whip_cpu_cost": 100, "url_cpu_cost": 100,
+                  "whip_bypass_transcoding_cpu_cost": 0, "min_idle_ratio": 0})
+    proc.start()
+    assert proc.rtmp_addr
+    yield proc
+    proc.stop()
+
+
+def children(pid: int) -> list[str]:
+    """Command lines of the live child processes of `pid` (session workers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+def assert_no_worker(svc: ServiceProcess, ingress_id: str) -> None:
+    log = svc.log()
+    assert not re.search(rf"of {ingress_id}.*(publishing to room|pulling into room)", log)
+    assert NO_ROOM_SERVER not in state(svc, ingress_id).error
+    assert svc.proc is not None and not [c for c in children(svc.proc.pid)
+                                         if "relay.worker" in c]
+
+
+def test_rtmp_publish_is_denied(svc: ServiceProcess) -> None:
+    info = create(svc, name="over capacity")
+    pub = Publisher(ffmpeg_cmd(url(svc, info.stream_key), 2, realtime=False))
+    assert pub.wait() != 0
+    assert f"Server error: {CAPACITY}" in pub.stderr, pub.stderr
+    key = info.stream_key
+    assert re.search(rf"rtmp connection from 127\.0\.0\.1:\d+: publish \(app 'live', key "
+                     rf"{key[:4]}\.\.\.\) refused \(ingress {info.ingress_id}\): {CAPACITY}$",
+                     svc.log(), re.M)
+    assert re.search(rf"{CAPACITY}: a session costing 100\.00 cores does not fit", svc.log())
+    # like every refused publish (tests/test_rtmp_ingest.py), the ingress stays as it was
+    assert state(svc, info.ingress_id).status == INACTIVE
+    assert_no_worker(svc, info.ingress_id)
+    assert svc.alive
+
+
+def test_whip_offer_gets_429(svc: ServiceProcess) -> None:
+    info = create(svc, input_type=pb.IngressInput.WHIP_INPUT, name="whip",
+                  enable_transcoding=True)
+    offer = run_asyncio(offer_with(["video", "audio"]))
+    with httpx.Client(timeout=20) as http:
+        reply = http.post(f"{svc.url}/w/{info.stream_key}", content=offer,
+                          headers={"content-type": "application/sdp"})
+    assert (reply.status_code, reply.text.strip()) == (429, CAPACITY)
+    assert reply.headers["content-type"].startswith("text/plain")
+    assert reply.headers["access-control-allow-origin"] == "*"
+    assert "location" in reply.headers["access-control-expose-headers"]
+    assert "location" not in reply.headers
+    assert state(svc, info.ingress_id).status == INACTIVE
+    assert_no_worker(svc, info.ingress_id)
+    assert not re.search(rf"whip session \S+ of {info.ingress_id}", svc.log())
+
+
+def test_url_ingress_ends_in_error(svc: ServiceProcess) -> None:
+    # nothing listens there: a pull that started would fail with another error
+    info = create(svc, input_type=pb.IngressInput.URL_INPUT, name="pull",
+                  url=f"http://127.0.0.1:{free_port()}/clip.mp4")
+    final = wait_state(svc, info.ingress_id, ERROR)
+    assert final.error == CAPACITY
+    assert final.resource_id.startswith("UR_") and final.ended_at > 0
+    assert_no_worker(svc, info.ingress_id)
+    assert re.search(rf"url session \S+ of {info.ingress_id} ended: {CAPACITY}", svc.log())
+
+
+def test_rtmp_passthrough_costs_the_bypass_figure(svc: ServiceProcess) -> None:
+    """enable_transcoding=false on RTMP is priced as whip_bypass_transcoding_cpu_cost
+    (0 here): admitted, so its worker starts and fails at the closed ws_url. Last in
+    this file: the tests above check that no worker process exists."""
+    info = create(svc, name="passthrough", enable_transcoding=False)
+    pub = Publisher(ffmpeg_cmd(url(svc, info.stream_key), 30))
+    try:
+        failed = wait_state(svc, info.ingress_id, ERROR, timeout=40)
+        assert failed.error.startswith(NO_ROOM_SERVER), failed.error
+    finally:
+        pub.kill()
+    assert svc.alive
