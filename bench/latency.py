@@ -142,11 +142,13 @@ def round_trip(frames: int = 30) -> str:
 # -- the publisher (a child process) ----------------------------------------------------------
 
 
-def publish(url: str, seconds: float, audio_lead: float = AUDIO_LEAD) -> dict[str, Any]:
-    """Publish stamped frames to `url` for `seconds`, paced by the wall clock."""
+def publish(url: str, seconds: float, audio_lead: float = AUDIO_LEAD, fmt: str = "flv",
+            options: dict[str, str] | None = None) -> dict[str, Any]:
+    """Publish stamped frames to `url` (FLV, or `fmt` with its muxer `options`) for
+    `seconds`, paced by the wall clock."""
     import av
 
-    container = av.open(url, "w", format="flv", options={"flush_packets": "1"})
+    container = av.open(url, "w", format=fmt, options=options or {"flush_packets": "1"})
     video = container.add_stream("libx264", rate=FPS,
                                  options={"preset": "veryfast", "tune": "zerolatency"})
     video.width, video.height, video.pix_fmt = W, H, "yuv420p"

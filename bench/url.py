@@ -19,7 +19,15 @@ Subscriber, HIGH layer) reads each picture's media time back; drift is
 (wall time since the first stamped picture) - (media time since it): positive when
 publishing runs behind the media, negative when ahead.
 
-Run: .venv/bin/python bench/url.py [first-frame|drift|all] [--runs 5] [--seconds 60]
+`live`: bench/latency.py's publisher (1280x720 30 fps, each picture stamped with
+its capture wall-clock ms) writes a live HLS playlist (2 s segments, 6 listed) in
+real time; the service pulls it from the live edge; the viewer reads the stamps:
+glass-to-glass latency per 5 s window. At --stall-at seconds the HTTP server
+holds every segment download for --stall seconds (a stalled CDN): the latency
+must come back to its level before the stall (late frames behind the live edge
+are skipped), not stay higher by the stall.
+
+Run: .venv/bin/python bench/url.py [first-frame|drift|live|all] [--runs 5] [--seconds 60]
 No assertions: it prints figures (targets on loopback: first frame <= 1.5 s, drift
 < 100 ms after 60 s).
 """
@@ -181,24 +189,95 @@ def run_drift(livekit_url: str, service: Any, base: str, seconds: float) -> None
     print(f"  largest |drift| over the run: {max(abs(d) for d, _ in drift):.0f} ms")
 
 
+def run_live(livekit_url: str, service: Any, media: Any, seconds: float, stall_at: float,
+             stall: float) -> None:
+    """Live HLS: wall-clock stamps -> 2 s segments -> pull -> viewer; one CDN stall."""
+    import json
+
+    from bench.latency import latency_ms
+
+    live = media.root / "live"
+    live.mkdir()
+    writer = subprocess.Popen(
+        [sys.executable, __file__, "--publish-hls", str(live / "index.m3u8"),
+         "--seconds", str(seconds + 8)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (live / "index.m3u8").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        subscriber = Subscriber(livekit_url, "url-live", warmup=0.0)
+        thread = subscriber.start()
+        info = create_url(service, f"{media.base}/live/index.m3u8", "url-live")
+        while not subscriber.frames and time.monotonic() < deadline + 20:
+            time.sleep(0.05)
+        time.sleep(stall_at)
+        media.hold_segments_until = time.monotonic() + stall
+        print(f"  stalling segment downloads for {stall:g} s at {stall_at:g} s", flush=True)
+        time.sleep(max(0.0, seconds - stall_at))
+        subscriber.stop.set()
+        thread.join(10)
+        delete(service, info.ingress_id)
+        out, err = writer.communicate(timeout=30)
+    finally:
+        writer.kill()
+    if writer.returncode:
+        print(f"  HLS writer failed: {err[-1500:]}")
+    elif out.strip():
+        print(f"  HLS writer: {json.loads(out.strip().splitlines()[-1])}")
+    frames = [f for f in subscriber.frames if f.stamp is not None]
+    if not frames:
+        print("live: no stamped frame received")
+        return
+    t0 = frames[0].at_ms
+    print(f"live HLS (2 s segments, live edge): {len(frames)} stamped frames in "
+          f"{(frames[-1].at_ms - t0) / 1000:.0f} s; glass-to-glass latency per 5 s "
+          f"(the stall at {stall_at:g} s after the first frame):")
+    for start in range(0, int(seconds), 5):
+        window = [latency_ms(f.stamp, f.at_ms) for f in frames
+                  if start * 1000 <= f.at_ms - t0 < (start + 5) * 1000]
+        if window:
+            print(f"  {start:3d}-{start + 5:<3d} s: median {statistics.median(window):6.0f} ms"
+                  f"  max {max(window):6.0f} ms  ({len(window)} frames)")
+    time.sleep(1.0)
+    for line in service.log().splitlines():
+        if "relay.url_pull: paced" in line or "session ended" in line:
+            print("  worker: " + line.split(": ", 1)[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", nargs="?", default="all", choices=["first-frame", "drift", "all"])
+    parser.add_argument("what", nargs="?", default="all",
+                        choices=["first-frame", "drift", "live", "all"])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--stall-at", type=float, default=20.0,
+                        help="live: when segment downloads stall (s after the first frame)")
+    parser.add_argument("--stall", type=float, default=4.0, help="live: for how long (s)")
+    parser.add_argument("--publish-hls", metavar="PLAYLIST", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.publish_hls:  # the live HLS writer child: bench/latency.py's stamped source
+        import json
+
+        from bench.latency import publish
+
+        print(json.dumps(publish(args.publish_hls, args.seconds, fmt="hls", options={
+            "hls_time": "2", "hls_list_size": "6", "hls_flags": "delete_segments"})),
+            flush=True)
+        return
 
     from tests.media_http import serve_media
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "media"
         root.mkdir()
-        started = time.monotonic()
-        make_source(root / "source.mp4", args.seconds + 5)
-        make_hls(root / "source.mp4", root / "hls")
-        print(f"source: {args.seconds + 5:.0f} s of {W}x{H} {FPS} fps H.264 + AAC "
-              f"({(root / 'source.mp4').stat().st_size / 1e6:.1f} MB), made in "
-              f"{time.monotonic() - started:.0f} s", flush=True)
+        if args.what != "live":
+            started = time.monotonic()
+            make_source(root / "source.mp4", args.seconds + 5)
+            make_hls(root / "source.mp4", root / "hls")
+            print(f"source: {args.seconds + 5:.0f} s of {W}x{H} {FPS} fps H.264 + AAC "
+                  f"({(root / 'source.mp4').stat().st_size / 1e6:.1f} MB), made in "
+                  f"{time.monotonic() - started:.0f} s", flush=True)
         (Path(tmp) / "run").mkdir()
         livekit, service = start_harness(Path(tmp) / "run")
         try:
@@ -207,6 +286,9 @@ def main() -> None:
                     run_first_frame(livekit.url, service, media.base, args.runs)
                 if args.what in ("drift", "all"):
                     run_drift(livekit.url, service, media.base, args.seconds)
+                if args.what in ("live", "all"):
+                    run_live(livekit.url, service, media, min(args.seconds, 40.0),
+                             args.stall_at, args.stall)
         finally:
             service.stop()
             livekit.stop()

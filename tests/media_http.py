@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +35,7 @@ class MediaServer(ThreadingHTTPServer):
         self.root = root
         self.stop = threading.Event()
         self.requests: list[str] = []
+        self.hold_segments_until = 0.0  # time.monotonic(): .ts requests wait until then
 
     def handle_error(self, request: object, client_address: object) -> None:
         import sys
@@ -70,6 +72,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/page.html":
             self._reply(200, b"<html><body>not media</body></html>\n", "text/html", body)
             return
+        if path.endswith(".ts"):  # a stalled CDN, as a benchmark asks for it
+            while time.monotonic() < self.server.hold_segments_until:
+                time.sleep(0.05)
         stall = path.startswith("/stall/")
         name = path.removeprefix("/stall/" if stall else "/")
         file = (self.server.root / name).resolve()
