@@ -53,6 +53,20 @@ class RtcConfig:
     node_ip: str = ""
     use_external_ip: bool = False
 
+    def ice_ports(self) -> tuple[int, int]:
+        """The UDP ports WHIP sessions gather ICE host candidates on, (0, 0): any.
+
+        Each WHIP session is its own process with its own peer connection, so one port
+        cannot carry every session as LiveKit's `udp_port` mux does: a session takes
+        a free port of `port_range_start`..`port_range_end`; `udp_port` alone is a
+        range of one port (one WHIP session at a time).
+        """
+        if self.port_range_start and self.port_range_end:
+            return self.port_range_start, self.port_range_end
+        if self.udp_port:
+            return self.udp_port, self.udp_port
+        return 0, 0
+
 
 @dataclass(frozen=True)
 class CpuCostConfig:
@@ -255,6 +269,14 @@ def _check(config: Config) -> None:
         raise ConfigError(f"rtmp_max_connections: {config.rtmp_max_connections} is below 1")
     if config.rtmps_port >= 0 and not (config.rtmps_cert_file and config.rtmps_key_file):
         raise ConfigError("rtmps_port needs rtmps_cert_file and rtmps_key_file")
+    rtc = config.rtc_config
+    for name in ("udp_port", "port_range_start", "port_range_end"):
+        if not 0 <= getattr(rtc, name) <= 65535:
+            raise ConfigError(f"rtc_config.{name}: {getattr(rtc, name)} is not a UDP port")
+    if bool(rtc.port_range_start) != bool(rtc.port_range_end) or (
+            rtc.port_range_start > rtc.port_range_end):
+        raise ConfigError("rtc_config.port_range_start and port_range_end: give both, "
+                          f"start <= end (got {rtc.port_range_start}..{rtc.port_range_end})")
 
 
 def log_level(config: Config) -> int:

@@ -81,6 +81,7 @@ async def serve(config: Config,
             whip = WhipIngest(store, sessions, ws_url=config.ws_url, api_key=config.api_key,
                               api_secret=config.api_secret,
                               host_addresses=(node_ip,) if node_ip else (),
+                              ice_ports=config.rtc_config.ice_ports(),
                               draining=lambda: status.draining, admission=admission)
             await nursery.start(whip.run)
         http = (await nursery.start(_serve_http, create_app(twirp, status, whip), host,

@@ -62,6 +62,7 @@ class WhipIngest:
 
     def __init__(self, store: IngressStore, sessions: SessionRegistry, *, ws_url: str,
                  api_key: str, api_secret: str, host_addresses: tuple[str, ...] = (),
+                 ice_ports: tuple[int, int] = (0, 0),
                  draining: Callable[[], bool] = lambda: False,
                  admission: Admission | None = None,
                  clock_ns: Callable[[], int] = time.time_ns) -> None:
@@ -71,6 +72,7 @@ class WhipIngest:
         self.api_key = api_key
         self.api_secret = api_secret
         self.host_addresses = host_addresses
+        self.ice_ports = ice_ports
         self.draining = draining
         self.admission = admission or Admission.unlimited()
         self.clock_ns = clock_ns
@@ -190,7 +192,7 @@ class WhipIngest:
         start = Start(self.ws_url, participant_token(self.api_key, self.api_secret, info,
                                                      resource_id),
                       info.SerializeToString(), transcode=transcode, offer=offer,
-                      host_addresses=self.host_addresses)
+                      host_addresses=self.host_addresses, ice_ports=self.ice_ports)
         status, error, reason = pb.IngressState.ENDPOINT_INACTIVE, "", ""
         answered = False
         with trio.CancelScope() as scope, self.sessions.register(ingress_id, resource_id,

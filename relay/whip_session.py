@@ -16,7 +16,10 @@ WHIP session is isolated in its own process exactly like an RTMP one.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
+import random
 from typing import Any
 
 import trio
@@ -62,6 +65,36 @@ def restrict_host_addresses(addresses: tuple[str, ...]) -> None:
         return [a for a in addresses if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = chosen
+
+
+def bind_in_port_range(loop: asyncio.AbstractEventLoop, first: int, last: int) -> None:
+    """Bind aioice's host candidates in the UDP ports first..last (`rtc_config`'s range).
+
+    aioice binds each host candidate to port 0 and has no setting for a range; the
+    worker is one session's process, so its asyncio loop's create_datagram_endpoint
+    is wrapped: a request for port 0 tries the range's ports from a random one on,
+    skipping those in use (other sessions' workers). A full range fails the bind,
+    which aioice reports as no candidate, and the session ends in ERROR.
+    """
+    original = loop.create_datagram_endpoint
+
+    async def create_datagram_endpoint(protocol_factory: Any, local_addr: Any = None,
+                                       **kwargs: Any) -> Any:
+        if local_addr is None or local_addr[1] != 0:
+            return await original(protocol_factory, local_addr=local_addr, **kwargs)
+        ports = list(range(first, last + 1))
+        offset = random.randrange(len(ports))
+        for port in ports[offset:] + ports[:offset]:
+            try:
+                return await original(protocol_factory, local_addr=(local_addr[0], port),
+                                      **kwargs)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        log.error("no free UDP port in rtc_config's range %d-%d", first, last)
+        raise OSError(errno.EADDRINUSE, f"no free UDP port in {first}-{last}")
+
+    loop.create_datagram_endpoint = create_datagram_endpoint  # type: ignore[method-assign]
 
 
 class WhipSession:
@@ -185,7 +218,9 @@ async def run_whip(start: Start, reader: MessageReader, stdin: trio.abc.ReceiveS
     session = Session(start, stdout)
     whip: WhipSession | None = None
     failed = False
-    async with trio_asyncio.open_loop():
+    async with trio_asyncio.open_loop() as loop:
+        if start.ice_ports != (0, 0):
+            bind_in_port_range(loop, *start.ice_ports)
         try:
             whip = WhipSession(session, start, reader, stdin)
             await whip.run()

@@ -42,6 +42,8 @@ class Start:
     # URL input: the worker pulls this URL itself (HTTP(S), HLS, SRT) and paces it; the
     # front sends no media, only the end of the session.
     url: str = ""
+    # WHIP: the UDP ports ICE host candidates are bound in, first..last; (0, 0): any
+    ice_ports: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,8 @@ def _fields(message: Any) -> list[Any]:
                 message.video, message.audio, message.drops]
     if isinstance(message, Start):
         return [message.ws_url, message.token, message.ingress, message.transcode,
-                message.offer, list(message.host_addresses), message.url]
+                message.offer, list(message.host_addresses), message.url,
+                list(message.ice_ports)]
     if isinstance(message, WhipAnswer):
         return [message.sdp]
     if isinstance(message, RemoteCandidates):
@@ -156,8 +159,9 @@ def _build(item: Any) -> Message:
             return StateReport(status, error, room_id, tuple(tracks), dict(video), dict(audio),
                                dict(drops))
         if tag == "start":
-            ws_url, token, ingress, transcode, offer, hosts, url = args
-            return Start(ws_url, token, ingress, transcode, offer, tuple(hosts), url)
+            ws_url, token, ingress, transcode, offer, hosts, url, (first, last) = args
+            return Start(ws_url, token, ingress, transcode, offer, tuple(hosts), url,
+                         (int(first), int(last)))
         if tag == "answer":
             (sdp,) = args
             return WhipAnswer(sdp)

@@ -64,6 +64,12 @@ def test_config_body_env(tmp_path: Path) -> None:
     ("api_key: k\napi_secret: s\nredis: {address: x}\n", "redis: not supported yet"),
     ("api_key: k\napi_secret: s\nhttp_port: 1\nwhip_port: 2\n", "whip_port: given twice"),
     ("api_key: k\napi_secret: s\nrtmps_port: 1937\n", "rtmps_port needs rtmps_cert_file"),
+    ("api_key: k\napi_secret: s\nrtc_config: {udp_port: 70000}\n",
+     "rtc_config.udp_port: 70000 is not a UDP port"),
+    ("api_key: k\napi_secret: s\nrtc_config: {port_range_start: 50000}\n",
+     "rtc_config.port_range_start and port_range_end: give both"),
+    ("api_key: k\napi_secret: s\nrtc_config: {port_range_start: 50010, port_range_end: 50000}\n",
+     "start <= end (got 50010..50000)"),
     ("api_key: k\n", "api_key and api_secret are required"),
     ("- a list\n", "expected a mapping"),
     ("api_key: [unclosed\n", "not valid YAML"),
@@ -84,3 +90,14 @@ def test_dev_mode_defaults() -> None:
     assert (config.api_key, config.api_secret) == ("devkey", "secret")
     assert config.ws_url == "ws://127.0.0.1:7880" and config.dev
     assert config.bind_address == "127.0.0.1"
+
+
+@pytest.mark.parametrize(("text", "ports"), [
+    ("", (0, 0)),
+    ("rtc_config: {udp_port: 7882}\n", (7882, 7882)),
+    ("rtc_config: {udp_port: 7882, port_range_start: 50000, port_range_end: 50099}\n",
+     (50000, 50099)),
+])
+def test_ice_ports(tmp_path: Path, text: str, ports: tuple[int, int]) -> None:
+    config = load_config(write(tmp_path, "api_key: k\napi_secret: s\n" + text), environ={})
+    assert config.rtc_config.ice_ports() == ports

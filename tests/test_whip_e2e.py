@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -223,3 +225,32 @@ def test_two_offers_at_once_on_one_key(whip_service: ServiceProcess) -> None:
     assert any(r.connected for r in results)
     wait_for(whip_service, info.ingress_id, pb.IngressState.ENDPOINT_INACTIVE)
     assert whip_service.alive
+
+
+def test_ice_host_candidates_in_the_configured_port_range(livekit: LiveKitServer,
+                                                         tmp_path: Path) -> None:
+    """rtc_config port_range_start/end: every session binds its ICE port in the range."""
+    first = 40000 + secrets.randbelow(20000)
+    service = ServiceProcess(tmp_path, api_key=API_KEY, api_secret=API_SECRET,
+                             ws_url=livekit.url,
+                             rtc_config={"node_ip": "127.0.0.1", "port_range_start": first,
+                                         "port_range_end": first + 9})
+    service.start()
+    try:
+        infos = [create_whip(service, f"whip-ports-{i}", f"ports-{i}") for i in range(2)]
+
+        async def both() -> list[whip_client.WhipPublish]:
+            return list(await asyncio.gather(*(
+                whip_client.publish(endpoint(service, info.stream_key), seconds=3,
+                                    video_codec="VP8") for info in infos)))
+
+        results = run_asyncio(both())
+    finally:
+        service.stop()
+    ports = []
+    for result in results:
+        assert result.status == 201 and result.connected, result
+        ports += [int(line.split()[5]) for line in result.answer.splitlines()
+                  if line.startswith("a=candidate:")]
+    assert ports and all(first <= p <= first + 9 for p in ports), (first, ports)
+    assert len(set(ports)) == 2, ports  # one port per session

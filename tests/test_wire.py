@@ -12,7 +12,8 @@ from relay.wire import EndOfStream, MessageReader, Start, StateReport, WireError
 
 MESSAGES = [
     Start("ws://127.0.0.1:7880", "jwt", b"\x0a\x03IN_", transcode=False),
-    Start("ws://127.0.0.1:7880", "jwt", b"", offer="v=0\r\n", host_addresses=("127.0.0.1",)),
+    Start("ws://127.0.0.1:7880", "jwt", b"", offer="v=0\r\n", host_addresses=("127.0.0.1",),
+          ice_ports=(50000, 50099)),
     Start("ws://127.0.0.1:7880", "jwt", b"", url="https://media.example/show.m3u8"),
     wire.WhipAnswer("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"),
     rtmp.VideoConfig(codec="h264", config=b"\x01\x42", dts=0, pts=0, record_type="avcC"),

@@ -97,6 +97,7 @@ class WhipPublish:
     delete_status: int = 0
     keyframe_requests: int = 0  # PLIs that reached our video sender
     patch_statuses: list[int] = field(default_factory=list)  # trickle, then the probes
+    answer: str = ""  # the SDP answer of the 201
 
 
 def split_candidates(sdp: str) -> tuple[str, str]:
@@ -164,6 +165,7 @@ async def publish(endpoint: str, *, seconds: float, video_codec: str | None = "V
                 result.error = reply.text.strip()
                 return result
             result.location = reply.headers["location"]
+            result.answer = reply.text
             result.etag = reply.headers.get("etag", "")
             await pc.setRemoteDescription(RTCSessionDescription(reply.text, "answer"))
             base = str(reply.url.copy_with(path="/", query=None)).rstrip("/")
