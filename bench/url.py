@@ -144,6 +144,10 @@ def run_first_frame(livekit_url: str, service: Any, base: str, runs: int) -> Non
             took = first_frame_once(livekit_url, service, f"{base}/{path}",
                                     f"ff-{path.split('/')[0].replace('.', '-')}-{i}")
             results.append(took)
+            if took is None:  # say why: the service's last words about this pull
+                tail = [line for line in service.log().splitlines()
+                        if "url" in line or "ERROR" in line or "worker" in line][-6:]
+                print("\n".join("    | " + line[:200] for line in tail))
             print(f"  {label} run {i + 1}: "
                   f"{'no frame' if took is None else f'{took * 1000:.0f} ms'}", flush=True)
         got = [r for r in results if r is not None]
