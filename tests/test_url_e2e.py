@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from livekit.protocol import ingress as pb
+from livekit.protocol import models
 
 from tests.livekit import API_KEY, API_SECRET, LiveKitServer, Seen, free_port, watch
 from tests.media_http import MediaServer, serve_media
@@ -204,6 +205,30 @@ def _tls_server(root: Path, tmp: Path) -> MediaServer:
     server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+def test_https_with_a_trusted_certificate(livekit: LiveKitServer, media: MediaServer,
+                                          tmp_path: Path) -> None:
+    """https:// pulls when the certificate is trusted: here the test's own CA, given to
+    the service through OpenSSL's SSL_CERT_FILE (the same server is refused with the
+    system's CAs in test_failures_end_in_error_while_another_pull_goes_on)."""
+    tls = _tls_server(media.root, tmp_path)
+    service = ServiceProcess(tmp_path / "svc", api_key=API_KEY, api_secret=API_SECRET,
+                             ws_url=livekit.url,
+                             env={"SSL_CERT_FILE": str(tmp_path / "cert.pem")})
+    (tmp_path / "svc").mkdir()
+    service.start()
+    try:
+        info = create_url(service, f"https://127.0.0.1:{tls.server_address[1]}/clip.mp4",
+                          "url-https")
+        publishing = wait_for(service, info.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING)
+        final = wait_for(service, info.ingress_id, pb.IngressState.ENDPOINT_COMPLETE)
+    finally:
+        service.stop()
+        tls.shutdown()
+        tls.server_close()
+    assert not final.error
+    assert models.TrackType.VIDEO in {t.type for t in publishing.tracks}
 
 
 def test_failures_end_in_error_while_another_pull_goes_on(
