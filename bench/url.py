@@ -27,7 +27,10 @@ holds every segment download for --stall seconds (a stalled CDN): the latency
 must come back to its level before the stall (late frames behind the live edge
 are skipped), not stay higher by the stall.
 
-Run: .venv/bin/python bench/url.py [first-frame|drift|live|all] [--runs 5] [--seconds 60]
+`delete`: --runs times, a pull of the MP4 publishing for 3 s, then DeleteIngress:
+the time until the viewer sees the participant leave, and its last video frame.
+
+Run: .venv/bin/python bench/url.py [first-frame|drift|live|delete|all] [--runs 5] [--seconds 60]
 No assertions: it prints figures (targets on loopback: first frame <= 1.5 s, drift
 < 100 ms after 60 s).
 """
@@ -157,6 +160,47 @@ def run_first_frame(livekit_url: str, service: Any, base: str, runs: int) -> Non
                   f"({len(got)}/{runs} runs)", flush=True)
 
 
+def run_delete(livekit_url: str, service: Any, base: str, runs: int) -> None:
+    """DeleteIngress while publishing -> the participant gone and the last frame seen."""
+    from livekit.protocol import ingress as pb
+
+    from tests.livekit import watch
+
+    left, last = [], []
+    for i in range(runs):
+        room = f"url-delete-{i}"
+        seen: list[Any] = []
+        viewer = threading.Thread(target=lambda room=room, seen=seen: seen.append(
+            watch(livekit_url, room, 20.0, until_left="puller")))
+        viewer.start()
+        time.sleep(3.0)
+        info = create_url(service, f"{base}/source.mp4", room)
+
+        async def state(client: Any, ingress_id: str = info.ingress_id) -> int:
+            items = (await client.list_ingress(pb.ListIngressRequest(
+                ingress_id=ingress_id))).items
+            return items[0].state.status
+
+        while service.api(state) != pb.IngressState.ENDPOINT_PUBLISHING:
+            time.sleep(0.1)
+        time.sleep(3.0)
+        deleted = time.monotonic()
+        delete(service, info.ingress_id)
+        viewer.join()
+        got = seen[0] if seen else None
+        if got is None or "puller" not in got.left:
+            print(f"  run {i + 1}: the viewer did not see the participant leave")
+            continue
+        left.append(got.left["puller"] - deleted)
+        last.append((got.video_times[-1] - deleted) if got.video_times else float("nan"))
+        print(f"  run {i + 1}: participant gone {left[-1] * 1000:.0f} ms after the "
+              f"DeleteIngress call, last frame at {last[-1] * 1000:+.0f} ms", flush=True)
+    if left:
+        print(f"DeleteIngress -> participant gone: median {statistics.median(left) * 1000:.0f}"
+              f" ms, max {max(left) * 1000:.0f} ms; last frame: median "
+              f"{statistics.median(last) * 1000:+.0f} ms ({len(left)}/{runs} runs)")
+
+
 def run_drift(livekit_url: str, service: Any, base: str, seconds: float) -> None:
     subscriber = Subscriber(livekit_url, "url-drift", warmup=0.0)
     thread = subscriber.start()
@@ -252,7 +296,7 @@ def run_live(livekit_url: str, service: Any, media: Any, seconds: float, stall_a
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("what", nargs="?", default="all",
-                        choices=["first-frame", "drift", "live", "all"])
+                        choices=["first-frame", "drift", "live", "delete", "all"])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--stall-at", type=float, default=20.0,
@@ -288,6 +332,8 @@ def main() -> None:
             with serve_media(root) as media:
                 if args.what in ("first-frame", "all"):
                     run_first_frame(livekit.url, service, media.base, args.runs)
+                if args.what in ("delete", "all"):
+                    run_delete(livekit.url, service, media.base, args.runs)
                 if args.what in ("drift", "all"):
                     run_drift(livekit.url, service, media.base, args.seconds)
                 if args.what in ("live", "all"):
