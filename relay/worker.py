@@ -55,7 +55,11 @@ MAX_CONSECUTIVE_DECODE_ERRORS = 30  # audio
 MAX_FRAMES_WITHOUT_PICTURE = 150  # ~5 s at 30 fps of video that decodes to nothing
 STATS_INTERVAL = 5.0
 DRAIN_SECONDS = 1.0
-AUDIO_FRAME_MS = 10
+# PCM handed to the SDK per call: 20 ms, the Opus frame WHIP publishers send and the
+# size of an AAC frame. Each call crosses trio -> asyncio -> the SDK's FFI; 10 ms
+# frames cost 22% of a core per WHIP session with audio, 20 ms 18-19% (bench/whip.py
+# sessions --steps 5, two runs each).
+AUDIO_FRAME_MS = 20
 
 
 class SessionFailed(Exception):
