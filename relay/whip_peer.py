@@ -220,6 +220,7 @@ class WhipPeer:
         """Ask the publisher for a keyframe (RTCP PLI), e.g. for a new subscriber."""
         receiver = self._video_receiver
         ssrc = self._remote_video_ssrc()
+        log.info("keyframe request: PLI to ssrc %s", ssrc or "(none known yet)")
         if receiver is not None and ssrc:
             await trio_asyncio.aio_as_trio(receiver._send_rtcp_pli)(ssrc)
 

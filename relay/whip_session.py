@@ -50,6 +50,7 @@ from .worker import (
 log = logging.getLogger("relay.worker")
 
 KEYFRAME_POLL = 0.1  # how often the SDK's keyframe requests are collected
+PLI_RETRY = 0.5  # a keyframe request not answered by then is sent again
 RTP_VIDEO_CLOCK = 90_000
 
 
@@ -107,6 +108,7 @@ class WhipSession:
         self.peer = WhipPeer(passthrough=not start.transcode)
         self.end = EndOfStream("")
         self.last_media = trio.current_time()
+        self.keyframe_wanted = False  # a subscriber asked; no keyframe has passed since
 
     async def run(self) -> None:
         """Answer, join, move media until the publisher or the front ends it."""
@@ -174,15 +176,26 @@ class WhipSession:
                 assert isinstance(picture, EncodedPicture)
                 self.last_media = trio.current_time()
                 self.session.video_in.count(picture.timestamp_us // 1000, len(picture.data))
+                if picture.keyframe:
+                    self.keyframe_wanted = False
                 await output.send(picture.codec, picture.data, picture.keyframe,
                                   picture.timestamp_us)
             nursery.cancel_scope.cancel()
 
     async def forward_keyframe_requests(self) -> None:
-        """Subscribers' keyframe requests (via the SDK) -> PLI to the publisher."""
+        """Subscribers' keyframe requests (via the SDK) -> PLI to the publisher, sent
+        again every PLI_RETRY until a keyframe has passed through: a PLI can be lost, or
+        come before the publisher's SSRC is known, and a viewer without a keyframe sees
+        nothing until the publisher's next one on its own (seconds for an encoder with
+        a long GOP: the H.264 passthrough test saw no video in 1 run of 4)."""
+        last_pli = -PLI_RETRY
         while True:
             await trio.sleep(KEYFRAME_POLL)
             if self.session.publisher.keyframe_requested():
+                self.keyframe_wanted = True
+            now = trio.current_time()
+            if self.keyframe_wanted and now - last_pli >= PLI_RETRY:
+                last_pli = now
                 await self.peer.request_keyframe()
 
     async def transcoded_video(self) -> None:
