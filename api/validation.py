@@ -57,7 +57,12 @@ def validate_create(req: pb.CreateIngressRequest) -> None:
     if req.input_type == pb.IngressInput.URL_INPUT:
         if not req.url:
             raise _ingress("missing URL parameter")
-        scheme = urlsplit(req.url).scheme.lower()
+        try:
+            parts = urlsplit(req.url)
+            parts.port  # noqa: B018 - raises on a port that is not a number 0-65535
+        except ValueError as exc:
+            raise _ingress(f"invalid url: {exc}") from None
+        scheme = parts.scheme.lower()
         if scheme not in URL_SCHEMES:
             raise _ingress(f"invalid url scheme {scheme}")
         if not req.room_name:

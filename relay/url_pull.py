@@ -18,6 +18,7 @@ for the source media", LiveKit's text) before FFmpeg guesses at it.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import socket
@@ -74,30 +75,54 @@ def unsupported(mime: str) -> SourceError:
     return SourceError(f"unsupported mime type ({mime or 'unknown'}) for the source media")
 
 
+def _host_port(url: str) -> tuple[str, int | None]:
+    """Host and port of a URL, never raising (a bad port or bracket is just absent)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return "", None
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return host, port
+
+
 def redact(url: str) -> str:
     """The URL for messages and logs: no credentials, no query (signed URLs carry
-    secrets there)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    secrets there). Never raises: it runs in error paths."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an unparsable URL)"
+    host, port = _host_port(url)
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None:
+        host = f"{host}:{port}"
     return f"{parts.scheme}://{host}{parts.path}"
 
 
 def probe_http(url: str, timeout: float = OPEN_TIMEOUT) -> str:
     """GET the URL's head: its media type, or SourceError saying why it cannot be pulled."""
-    parts = urlsplit(url)
-    where = parts.hostname or url
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    host, port = _host_port(url)
+    where = host or redact(url)
     try:
+        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
         with urllib.request.urlopen(request, timeout=timeout) as response:
             mime = response.headers.get("Content-Type", "")
     except urllib.error.HTTPError as exc:
         raise SourceError(f"HTTP {exc.code} {exc.reason} from {redact(url)}") from None
     except urllib.error.URLError as exc:
-        raise _network_error(exc.reason, where, parts.port, timeout) from None
-    except (OSError, ValueError) as exc:
-        raise _network_error(exc, where, parts.port, timeout) from None
+        raise _network_error(exc.reason, where, port, timeout) from None
+    except OSError as exc:
+        raise _network_error(exc, where, port, timeout) from None
+    except (ValueError, http.client.InvalidURL) as exc:  # what urllib cannot parse
+        raise SourceError(f"invalid URL {redact(url)}: {exc}") from None
+    except http.client.HTTPException as exc:  # a reply that is not HTTP
+        raise SourceError(f"no valid HTTP answer from {where}: "
+                          f"{type(exc).__name__} {exc}".rstrip()) from None
     return mime.split(";", 1)[0].strip().lower()
 
 

@@ -48,6 +48,11 @@ CREATE_CASES: list[tuple[str, pb.CreateIngressRequest, str]] = [
     ("url scheme ftp", req(URL, url="ftp://h/a.mp4", room_name="r"),
      "invalid ingress: invalid url scheme ftp"),
     ("url no room", req(URL, url="https://h/a.mp4"), "invalid ingress: no room name"),
+    # beyond the reference: URLs the service could not pull are refused at create
+    ("url bad bracket", req(URL, url="http://[::1/a.mp4", room_name="r"),
+     "invalid ingress: invalid url: Invalid IPv6 URL"),
+    ("url bad port", req(URL, url="https://h:99999/a.mp4", room_name="r"),
+     "invalid ingress: invalid url: Port out of range 0-65535"),
     ("no identity", req(RTMP, participant_identity=""),
      "invalid ingress: no participant identity"),
     ("no identity whip", req(WHIP, participant_identity=""),
