@@ -155,13 +155,20 @@ class SrtUrl:
         return f"{host}:{self.port}"
 
 
+def _shown(text: str, limit: int = 120) -> str:
+    """User text quoted for an error message: control characters escaped (the message
+    becomes the ingress' error text, one printable line), long text cut."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
 def _int_option(key: str, value: str, low: int = 0) -> int:
     try:
         number = int(value, 10)
     except ValueError:
-        raise SrtError(f"bad SRT URL option {key}={value!r}: not an integer") from None
+        raise SrtError(f"bad SRT URL option {key}={_shown(value)}: not an integer") from None
     if number < low:
-        raise SrtError(f"bad SRT URL option {key}={value!r}: must be >= {low}")
+        raise SrtError(f"bad SRT URL option {key}={_shown(value)}: must be >= {low}")
     return number
 
 
@@ -181,13 +188,13 @@ def parse_srt_url(url: str) -> SrtUrl:
         parts = urlsplit(base)
         port = parts.port
     except ValueError as exc:
-        raise SrtError(f"bad SRT URL {base!r}: {exc}") from None
+        raise SrtError(f"bad SRT URL {_shown(base)}: {_shown(str(exc))}") from None
     if parts.scheme.lower() != "srt":
-        raise SrtError(f"not an SRT URL (srt://host:port expected): {base!r}")
+        raise SrtError(f"not an SRT URL (srt://host:port expected): {_shown(base)}")
     if not parts.hostname:
-        raise SrtError(f"SRT URL has no host (srt://host:port expected): {base!r}")
+        raise SrtError(f"SRT URL has no host (srt://host:port expected): {_shown(base)}")
     if port is None or port == 0:
-        raise SrtError(f"SRT URL has no port (srt://host:port expected): {base!r}")
+        raise SrtError(f"SRT URL has no port (srt://host:port expected): {_shown(base)}")
 
     opts: dict[str, str] = {}
     for item in query.split("&"):
@@ -198,11 +205,11 @@ def parse_srt_url(url: str) -> SrtUrl:
     mode = opts.get("mode", "caller")
     if mode != "caller":
         raise SrtError(
-            f"only caller mode is supported (mode={mode}): the service connects to an SRT "
-            "listener; set the sender up as the listener and drop mode= from the URL")
+            f"only caller mode is supported (mode={_shown(mode)}): the service connects to "
+            "an SRT listener; set the sender up as the listener and drop mode= from the URL")
     transtype = opts.get("transtype", "live")
     if transtype != "live":
-        raise SrtError(f"only transtype=live is supported (transtype={transtype})")
+        raise SrtError(f"only transtype=live is supported (transtype={_shown(transtype)})")
 
     streamid = opts.get("streamid")
     if streamid is not None and len(streamid.encode()) > MAX_STREAMID:

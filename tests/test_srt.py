@@ -216,8 +216,8 @@ def test_parse_url_options_follow_ffmpeg_units() -> None:
 
 
 @pytest.mark.parametrize(("url", "text"), [
-    ("srt://127.0.0.1:9000?mode=listener", "only caller mode is supported (mode=listener)"),
-    ("srt://127.0.0.1:9000?mode=rendezvous", "only caller mode is supported (mode=rendezvous)"),
+    ("srt://127.0.0.1:9000?mode=listener", "only caller mode is supported (mode='listener')"),
+    ("srt://127.0.0.1:9000?mode=rendezvous", "only caller mode is supported (mode='rendezvous')"),
     ("srt://127.0.0.1", "SRT URL has no port"),
     ("srt://127.0.0.1:0", "SRT URL has no port"),
     ("srt://:9000", "SRT URL has no host"),
