@@ -294,13 +294,11 @@ class UrlPull:
         self.source: OpenedSource | None = None
         self.clock = MediaClock()
         self._stop = threading.Event()
-        self.opened = trio.Event()
 
     async def open(self) -> None:
         self.source = await trio.to_thread.run_sync(open_source, self.url,
                                                     abandon_on_cancel=True)
         self.clock = MediaClock(live=self.source.live)
-        self.opened.set()
         source = self.source
         log.info("opened %s (%s): %s%s%s", redact(self.url), "live" if source.live else
                  "duration known", source.container.format.name,
