@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -129,8 +130,15 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serve_media(root: Path) -> Iterator[MediaServer]:
+def serve_media(root: Path, certificate: tuple[str, str] | None = None
+                ) -> Iterator[MediaServer]:
+    """Serve `root` on a free port of 127.0.0.1; with `certificate` (PEM cert and key
+    files) over TLS."""
     server = MediaServer(root)
+    if certificate is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*certificate)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

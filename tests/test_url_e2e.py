@@ -10,7 +10,6 @@ with the right message).
 from __future__ import annotations
 
 import itertools
-import ssl
 import subprocess
 import threading
 import time
@@ -26,6 +25,7 @@ from tests.livekit import API_KEY, API_SECRET, LiveKitServer, Seen, free_port, w
 from tests.media_http import MediaServer, serve_media
 from tests.service import ServiceProcess
 from tests.test_media_e2e import state, wait_for
+from tests.test_rtmp_ingest import make_cert
 
 pytestmark = pytest.mark.slow
 
@@ -195,38 +195,26 @@ def test_srt_listener_into_the_room(url_service: ServiceProcess, livekit: LiveKi
     assert median(seen.audio_rms) > 1000
 
 
-def _tls_server(root: Path, tmp: Path) -> MediaServer:
-    from tests.test_rtmp_ingest import make_cert
-
-    cert, key = make_cert(tmp)
-    server = MediaServer(root)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def test_https_with_a_trusted_certificate(livekit: LiveKitServer, media: MediaServer,
                                           tmp_path: Path) -> None:
     """https:// pulls when the certificate is trusted: here the test's own CA, given to
     the service through OpenSSL's SSL_CERT_FILE (the same server is refused with the
     system's CAs in test_failures_end_in_error_while_another_pull_goes_on)."""
-    tls = _tls_server(media.root, tmp_path)
+    cert, key = make_cert(tmp_path)
     service = ServiceProcess(tmp_path / "svc", api_key=API_KEY, api_secret=API_SECRET,
-                             ws_url=livekit.url,
-                             env={"SSL_CERT_FILE": str(tmp_path / "cert.pem")})
+                             ws_url=livekit.url, env={"SSL_CERT_FILE": cert})
     (tmp_path / "svc").mkdir()
-    service.start()
-    try:
-        info = create_url(service, f"https://127.0.0.1:{tls.server_address[1]}/clip.mp4",
-                          "url-https")
-        publishing = wait_for(service, info.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING)
-        final = wait_for(service, info.ingress_id, pb.IngressState.ENDPOINT_COMPLETE)
-    finally:
-        service.stop()
-        tls.shutdown()
-        tls.server_close()
+    with serve_media(media.root, certificate=(cert, key)) as tls:
+        service.start()
+        try:
+            info = create_url(service,
+                              f"https://127.0.0.1:{tls.server_address[1]}/clip.mp4",
+                              "url-https")
+            publishing = wait_for(service, info.ingress_id,
+                                  pb.IngressState.ENDPOINT_PUBLISHING)
+            final = wait_for(service, info.ingress_id, pb.IngressState.ENDPOINT_COMPLETE)
+        finally:
+            service.stop()
     assert not final.error
     assert models.TrackType.VIDEO in {t.type for t in publishing.tracks}
 
@@ -240,34 +228,33 @@ def test_failures_end_in_error_while_another_pull_goes_on(
     viewer.start()
     survivor = create_url(url_service, f"{media.base}/long.mp4", "url-survivor")
     wait_for(url_service, survivor.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING)
-    tls = _tls_server(media.root, tmp_path)
     closed = free_port()
     base = media.base
-    cases = {
-        f"{base}/status/404": f"HTTP 404 Not Found from {base}/status/404",
-        f"{base}/status/500": f"HTTP 500 Internal Server Error from {base}/status/500",
-        f"http://127.0.0.1:{closed}/clip.mp4":
-            f"cannot reach 127.0.0.1:{closed}: connection refused",
-        f"https://127.0.0.1:{tls.server_address[1]}/clip.mp4":
-            "TLS failure with 127.0.0.1: self-signed certificate",
-        f"{base}/page.html": "unsupported mime type (text/html) for the source media",
-        f"{base}/stall/clip.ts": f"no data from {base}/stall/clip.ts for {STALL_SECONDS} s",
-        f"srt://127.0.0.1:{closed}?connect_timeout=1500":
-            f"SRT connection to 127.0.0.1:{closed} failed",
-    }
-    try:
-        created = {url: create_url(url_service, url, f"url-fail-{i}", identity=f"f{i}")
-                   for i, url in enumerate(cases)}
-        for url, expected in cases.items():
-            final = wait_for(url_service, created[url].ingress_id,
-                             pb.IngressState.ENDPOINT_ERROR, timeout=30)
-            assert final.error.startswith(expected), (url, final.error)
-        assert state(url_service, survivor.ingress_id).status == \
-            pb.IngressState.ENDPOINT_PUBLISHING
-    finally:
-        tls.shutdown()
-        tls.server_close()
-        delete(url_service, survivor.ingress_id)
+    with serve_media(media.root, certificate=make_cert(tmp_path)) as tls:
+        cases = {
+            f"{base}/status/404": f"HTTP 404 Not Found from {base}/status/404",
+            f"{base}/status/500": f"HTTP 500 Internal Server Error from {base}/status/500",
+            f"http://127.0.0.1:{closed}/clip.mp4":
+                f"cannot reach 127.0.0.1:{closed}: connection refused",
+            f"https://127.0.0.1:{tls.server_address[1]}/clip.mp4":
+                "TLS failure with 127.0.0.1: self-signed certificate",
+            f"{base}/page.html": "unsupported mime type (text/html) for the source media",
+            f"{base}/stall/clip.ts":
+                f"no data from {base}/stall/clip.ts for {STALL_SECONDS} s",
+            f"srt://127.0.0.1:{closed}?connect_timeout=1500":
+                f"SRT connection to 127.0.0.1:{closed} failed",
+        }
+        try:
+            created = {url: create_url(url_service, url, f"url-fail-{i}", identity=f"f{i}")
+                       for i, url in enumerate(cases)}
+            for url, expected in cases.items():
+                final = wait_for(url_service, created[url].ingress_id,
+                                 pb.IngressState.ENDPOINT_ERROR, timeout=30)
+                assert final.error.startswith(expected), (url, final.error)
+            assert state(url_service, survivor.ingress_id).status == \
+                pb.IngressState.ENDPOINT_PUBLISHING
+        finally:
+            delete(url_service, survivor.ingress_id)
     viewer.join()
     (got,) = seen
     times = got.video_times

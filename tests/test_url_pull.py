@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,18 +115,9 @@ def test_probe_reports_http_errors_and_types(media: MediaServer) -> None:
 def test_probe_refuses_an_untrusted_certificate(media: MediaServer, tmp_path: Path) -> None:
     from tests.test_rtmp_ingest import make_cert
 
-    cert, key = make_cert(tmp_path)
-    server = MediaServer(tmp_path)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with fails_with("TLS failure with 127.0.0.1: self-signed"):
-            probe_http(f"https://127.0.0.1:{server.server_address[1]}/x.mp4")
-    finally:
-        server.shutdown()
-        server.server_close()
+    with (serve_media(tmp_path, certificate=make_cert(tmp_path)) as server,
+          fails_with("TLS failure with 127.0.0.1: self-signed")):
+        probe_http(f"https://127.0.0.1:{server.server_address[1]}/x.mp4")
 
 
 def test_content_that_is_not_media_is_refused(media: MediaServer) -> None:
