@@ -42,6 +42,20 @@ class WireResponse:
         return self.message_type.FromString(self.data)
 
 
+class IngressApi(Protocol):
+    """The four RPCs as the Twirp layer calls them: IngressService, or an API
+    replica's stand-in that hands the writes to the service process."""
+
+    async def create(self, req: pb.CreateIngressRequest, request_id: str = ""
+                     ) -> Message | WireResponse: ...
+
+    async def update(self, req: pb.UpdateIngressRequest) -> Message | WireResponse: ...
+
+    async def list(self, req: pb.ListIngressRequest) -> Message | WireResponse: ...
+
+    async def delete(self, req: pb.DeleteIngressRequest) -> Message | WireResponse: ...
+
+
 class SessionControl(Protocol):
     def stop(self, ingress_id: str, reason: str) -> bool:
         """End the live session of this ingress, if any; True if one was running."""

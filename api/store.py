@@ -15,6 +15,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -139,8 +140,13 @@ class SqliteIngressStore:
     proceed while a write commits.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, shared: bool = False) -> None:
         self._path = path
+        # shared: another process writes too (an API replica's view of the service's
+        # store), so the room cache is checked against SQLite's data_version, which
+        # changes whenever another connection commits, before each use.
+        self._shared = shared
+        self._data_version = -1
         # ListIngress-by-room answers, kept until a write touches the room. Filled by
         # inline reads and emptied by the writer task after each commit, both on the
         # event loop: a read racing a commit may cache the old rows, and the
@@ -279,6 +285,12 @@ class SqliteIngressStore:
 
     async def list_room_wire(self, room_name: str) -> bytes:
         await trio.lowlevel.checkpoint()
+        if self._shared:
+            (version,) = self._reader().execute("PRAGMA data_version").fetchone()
+            if version != self._data_version:
+                self._room_wire.clear()
+                self._room_of.clear()
+                self._data_version = version
         cached = self._room_wire.get(room_name)
         if cached is not None:
             return cached[0]
@@ -331,14 +343,16 @@ class SqliteIngressStore:
 
 
 @asynccontextmanager
-async def open_sqlite_store(path: Path) -> AsyncIterator[SqliteIngressStore]:
+async def open_sqlite_store(path: Path, *, shared: bool = False
+                            ) -> AsyncIterator[SqliteIngressStore]:
     """Open (creating if needed) the store at `path`, with its writer task running.
+    `shared`: other processes write to it too (see SqliteIngressStore.__init__).
 
     An exception from the caller's block comes out as itself, not wrapped in the
     writer nursery's ExceptionGroup.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    store = await trio.to_thread.run_sync(SqliteIngressStore, path)
+    store = await trio.to_thread.run_sync(partial(SqliteIngressStore, path, shared=shared))
     try:
         with unwrap_single_exception():
             async with trio.open_nursery() as nursery:

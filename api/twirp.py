@@ -22,7 +22,7 @@ from relay import metrics
 
 from .auth import Authenticator, require_ingress_admin
 from .errors import TwirpError
-from .service import IngressService, WireResponse
+from .service import IngressApi, WireResponse
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,23 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-class TwirpServer:
-    """Routes, authenticates, decodes and dispatches one Twirp call."""
+def record_call(method: str, code: str, seconds: float) -> None:
+    """Count one answered call in the API metrics."""
+    metrics.API_REQUESTS.labels(method, code).inc()
+    metrics.API_LATENCY.labels(method).observe(seconds)
 
-    def __init__(self, service: IngressService, auth: Authenticator) -> None:
+
+class TwirpServer:
+    """Routes, authenticates, decodes and dispatches one Twirp call.
+
+    `record` is told of every answered call; an API replica passes one that hands
+    them to the service process, whose /metrics is the node's.
+    """
+
+    def __init__(self, service: IngressApi, auth: Authenticator,
+                 record: Callable[[str, str, float], None] = record_call) -> None:
         self._auth = auth
+        self._record = record
         self._methods: dict[str, tuple[type[Message],
                                        Callable[..., Awaitable[Message | WireResponse]]]] = {
             "CreateIngress": (pb.CreateIngressRequest, service.create),
@@ -115,8 +127,7 @@ class TwirpServer:
             log.exception("%s failed", label)
             err = TwirpError("internal", "internal error")
             response, code = error_response(err), err.code
-        metrics.API_REQUESTS.labels(label, code).inc()
-        metrics.API_LATENCY.labels(label).observe(time.perf_counter() - started)
+        self._record(label, code, time.perf_counter() - started)
         return response
 
     async def _dispatch(self, name: str, path: str, http_method: str, content_type: str,

@@ -176,8 +176,8 @@ def _build(item: Any) -> Message:
     raise WireError(f"unknown message tag {tag!r}")
 
 
-class MessageReader:
-    """Bytes in (`receive_data`), messages out (iterate). Bounded buffering."""
+class FrameReader:
+    """Bytes in (`receive_data`), msgpack values out (`frames()`). Bounded buffering."""
 
     def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=2 * max_message_bytes,
@@ -191,7 +191,7 @@ class MessageReader:
         except msgpack.BufferFull:
             raise WireError("message larger than the buffer bound") from None
 
-    def __iter__(self) -> Iterator[Message]:
+    def frames(self) -> Iterator[Any]:
         while True:
             try:
                 item = next(self._unpacker)
@@ -199,4 +199,12 @@ class MessageReader:
                 return
             except (msgpack.UnpackException, ValueError) as exc:
                 raise WireError(f"undecodable message: {exc}") from None
+            yield item
+
+
+class MessageReader(FrameReader):
+    """Bytes in (`receive_data`), messages out (iterate)."""
+
+    def __iter__(self) -> Iterator[Message]:
+        for item in self.frames():
             yield _build(item)
