@@ -121,6 +121,9 @@ class Config:
     rtmp_passthrough: bool = False
     health_port: int = 0
     prometheus_port: int = 0
+    # processes answering the HTTP listener: 1 is the service process alone; each one
+    # more is an API replica that answers ListIngress itself (relay/api_replica.py)
+    api_processes: int = 1
     rtmp_base_url: str = ""
     whip_base_url: str = ""
     data_dir: str = "data"
@@ -259,6 +262,8 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{name}: {port} is not a port (-1 turns it off)")
     if config.http_port < 0:
         raise ConfigError("http_port: the HTTP listener (API, WHIP) cannot be turned off")
+    if not 1 <= config.api_processes <= 64:
+        raise ConfigError(f"api_processes: {config.api_processes} is not between 1 and 64")
     for name in ("rtmp_handshake_timeout", "rtmp_idle_timeout"):
         if not 0 < getattr(config, name) < 86400:
             raise ConfigError(f"{name}: {getattr(config, name)} is not a number of seconds > 0")

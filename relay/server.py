@@ -7,12 +7,11 @@ and runs until cancelled; the CLI cancels it on SIGINT/SIGTERM.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import dataclass
-from typing import Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from api.auth import Authenticator
 from api.http import create_app, create_ops_app
@@ -21,7 +20,9 @@ from api.store import open_sqlite_store
 from api.twirp import TwirpServer
 
 from .admission import Admission
-from .config import Config
+from .api_replica import ReplicaCalls, run_replicas
+from .config import Config, log_level
+from .http_listener import open_http_listener, serve_http
 from .ops import NodeStatus
 from .pipeline import WorkerSinkFactory
 from .rtmp_ingest import RtmpIngest, RtmpSettings, load_ssl_context
@@ -41,18 +42,6 @@ class Bound:
     prometheus: str | None = None
     rtmp: str | None = None  # host:port of the RTMP listener
     rtmps: str | None = None
-
-
-async def _serve_http(app: Any, host: str, port: int,
-                      task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
-                      ) -> None:
-    hconfig = HypercornConfig()
-    hconfig.bind = [f"{host}:{port}"]
-    hconfig.accesslog = None
-    hconfig.errorlog = logging.getLogger("hypercorn.error")
-    hconfig.graceful_timeout = 2.0
-    hconfig.keep_alive_timeout = 75
-    await hypercorn_serve(app, hconfig, task_status=task_status)
 
 
 async def serve(config: Config,
@@ -84,15 +73,23 @@ async def serve(config: Config,
                               ice_ports=config.rtc_config.ice_ports(),
                               draining=lambda: status.draining, admission=admission)
             await nursery.start(whip.run)
-        http = (await nursery.start(_serve_http, create_app(twirp, status, whip), host,
-                                    config.http_port))[0]
+        app = create_app(twirp, status, whip)
+        listener = open_http_listener(host, config.http_port)
+        nursery.start_soon(_close_at_exit, listener)
+        http = (await nursery.start(serve_http, app, [f"fd://{os.dup(listener.fileno())}"]))[0]
+        if config.api_processes > 1:
+            await nursery.start(run_replicas, config.api_processes - 1, listener, {
+                "store": str(config.store_path), "api_key": config.api_key,
+                "api_secret": config.api_secret, "whip": whip is not None,
+                "log_level": log_level(config)}, ReplicaCalls(service, app))
         ops_app = create_ops_app(status)
         health = prometheus = None
         if config.health_port > 0:
-            health = (await nursery.start(_serve_http, ops_app, host, config.health_port))[0]
+            health = (await nursery.start(serve_http, ops_app,
+                                          [f"{host}:{config.health_port}"]))[0]
         if config.prometheus_port > 0:
-            prometheus = (await nursery.start(_serve_http, ops_app, host,
-                                              config.prometheus_port))[0]
+            prometheus = (await nursery.start(serve_http, ops_app,
+                                              [f"{host}:{config.prometheus_port}"]))[0]
         rtmp = rtmps = None
         sink_factory = None
         if config.ws_url:
@@ -125,3 +122,10 @@ async def serve(config: Config,
         finally:
             status.drain()
             sessions.stop_all(SHUTTING_DOWN)
+
+
+async def _close_at_exit(sock: socket.socket) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        sock.close()

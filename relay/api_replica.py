@@ -1,0 +1,347 @@
+"""API replicas: more processes answering the one HTTP listener (`api_processes`).
+
+Why: one Python process runs on one core, and at saturation the service process
+spends 96% of its CPU in HTTP/1.1 (hypercorn, h11, trio sockets), not in the API
+(docs/PERFORMANCE.md). A replica is a child process that accepts connections on
+the same listening socket (inherited: the kernel hands each new connection to
+whichever process accepts first) and answers ListIngress itself, from the
+SQLite store: WAL lets it read while the service process writes, and SQLite's
+data_version tells its room cache when another process has committed.
+
+Everything that writes or touches a session (Create/Update/DeleteIngress, WHIP,
+the operations endpoints) it hands to the service process over the link
+(relay/replica_link.py), so the service process stays the one owner of the write
+path, the sessions and admission. An acknowledged write is committed before the
+answer leaves, so a ListIngress on any process sees it. If the service process
+goes away, the link closes and the replica exits: no orphan holds the port. If a
+replica dies, the service process starts another.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+from livekit.protocol import ingress as pb
+
+from api.auth import Authenticator
+from api.http import WHIP_MAX_BODY, TwirpASGI
+from api.service import EndpointUrls, IngressService, WireResponse
+from api.store import open_sqlite_store
+from api.twirp import TwirpServer, record_call
+
+from .http_listener import serve_http
+from .replica_link import LinkClient, serve_link
+from .wire import WireError
+
+log = logging.getLogger("relay.api_replica")  # not __main__ when run with -m
+
+RESTART_DELAY = 1.0  # between a replica's death and its successor
+EXIT_GRACE = 2.0
+METRICS_FLUSH = 1.0  # how often a replica hands its call counts to the service process
+
+_REQUESTS = {"create": pb.CreateIngressRequest, "update": pb.UpdateIngressRequest,
+             "delete": pb.DeleteIngressRequest}
+
+
+# -- the service process's side -----------------------------------------------------
+
+
+class ReplicaCalls:
+    """What a replica may ask of the service process: the writes, and any HTTP request
+    that is not a Twirp call (WHIP, operations endpoints), run through `app`, the
+    service's own ASGI app, so the answer is the one it would have given."""
+
+    def __init__(self, service: IngressService, app: Any) -> None:
+        self._service = service
+        self._app = app
+
+    async def __call__(self, op: str, args: list[Any]) -> Any:
+        if op in _REQUESTS:
+            request = _REQUESTS[op].FromString(args[0])
+            if op == "create":
+                info = await self._service.create(request, args[1])
+            else:
+                info = await getattr(self._service, op)(request)
+            return info.SerializeToString()
+        if op == "http":
+            return await _call_asgi(self._app, *args)
+        if op == "metrics":
+            for method, code, seconds in args[0]:
+                record_call(method, code, seconds)
+            return None
+        raise ValueError(f"unknown replica call {op!r}")
+
+
+async def _call_asgi(app: Any, method: str, path: str, query: bytes,
+                     headers: list[list[bytes]], body: bytes, client: list[Any]
+                     ) -> list[Any]:
+    """One HTTP request through an ASGI app, in memory: [status, headers, body]."""
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+             "http_version": "1.1", "method": method, "scheme": "http", "path": path,
+             "raw_path": path.encode(), "query_string": query, "root_path": "",
+             "headers": [(k, v) for k, v in headers], "client": tuple(client),
+             "server": None, "extensions": {}}
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    start: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return [start.get("status", 500), [list(h) for h in start.get("headers", [])],
+            b"".join(chunks)]
+
+
+async def run_replicas(count: int, listener: socket.socket, settings: dict[str, Any],
+                       calls: ReplicaCalls,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Keep `count` replicas serving `listener` until cancelled."""
+    async with trio.open_nursery() as nursery:
+        for index in range(1, count + 1):
+            nursery.start_soon(_keep_replica, index, listener, settings, calls)
+        task_status.started()
+
+
+async def _keep_replica(index: int, listener: socket.socket, settings: dict[str, Any],
+                        calls: ReplicaCalls) -> None:
+    while True:
+        ours, theirs = socket.socketpair()
+        try:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "relay.api_replica", str(listener.fileno()),
+                 str(theirs.fileno())],
+                pass_fds=(listener.fileno(), theirs.fileno()), stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        log.info("api replica %d started (pid %d)", index, process.pid)
+        link = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_serve_until_exit, link, settings | {"index": index},
+                                   calls, process)
+                await process.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await _end(process)
+                await link.aclose()
+        log.error("api replica %d (pid %d) exited with %s; starting another in %.0f s",
+                  index, process.pid, process.returncode, RESTART_DELAY)
+        await trio.sleep(RESTART_DELAY)
+
+
+async def _serve_until_exit(link: trio.SocketStream, settings: dict[str, Any],
+                            calls: ReplicaCalls, process: trio.Process) -> None:
+    try:
+        await serve_link(link, settings, calls)
+    except (trio.BrokenResourceError, WireError) as exc:
+        log.error("api replica pid %d: link failed: %s; ending it", process.pid, exc)
+        process.kill()
+
+
+async def _end(process: trio.Process) -> None:
+    if process.returncode is None:
+        process.terminate()
+        with trio.move_on_after(EXIT_GRACE):
+            await process.wait()
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+
+
+# -- the replica process -------------------------------------------------------------
+
+
+class ForwardingIngressApi:
+    """ListIngress from the store; Create/Update/DeleteIngress by the service process."""
+
+    def __init__(self, local: IngressService, link: LinkClient) -> None:
+        self.list = local.list
+        self._link = link
+
+    async def create(self, req: pb.CreateIngressRequest, request_id: str = ""
+                     ) -> WireResponse:
+        data = await self._link.call("create", req.SerializeToString(), request_id)
+        return WireResponse(pb.IngressInfo, data)
+
+    async def update(self, req: pb.UpdateIngressRequest) -> WireResponse:
+        return WireResponse(pb.IngressInfo,
+                            await self._link.call("update", req.SerializeToString()))
+
+    async def delete(self, req: pb.DeleteIngressRequest) -> WireResponse:
+        return WireResponse(pb.IngressInfo,
+                            await self._link.call("delete", req.SerializeToString()))
+
+
+@dataclass(frozen=True)
+class ForwardedReply:
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+    content_type: str
+
+
+class ForwardingWhip:
+    """The WHIP routes, answered by the service process (which owns the sessions)."""
+
+    def __init__(self, link: LinkClient) -> None:
+        self._link = link
+
+    async def handle(self, method: str, path: str, headers: dict[str, str], body: bytes
+                     ) -> ForwardedReply:
+        raw = [[k.encode("latin-1"), v.encode("latin-1")] for k, v in headers.items()]
+        status, out_headers, out = await self._link.call("http", method, path, b"", raw,
+                                                         body, ["replica", 0])
+        content_type = ""
+        extra = []
+        for name, value in out_headers:
+            name = name.decode("latin-1").lower()
+            if name == "content-type":
+                content_type = value.decode("latin-1")
+            elif name != "content-length" and not name.startswith("access-control-"):
+                extra.append((name, value.decode("latin-1")))
+        return ForwardedReply(status, out, tuple(extra), content_type)
+
+
+class ForwardingFallback:
+    """ASGI app for what is neither Twirp nor WHIP (`/`, `/availability`, `/metrics`,
+    unknown paths): the service process answers. Also takes hypercorn's lifespan."""
+
+    def __init__(self, link: LinkClient) -> None:
+        self._link = link
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                kind = message["type"].rsplit(".", 1)[-1]  # startup | shutdown
+                await send({"type": f"lifespan.{kind}.complete"})
+                if kind == "shutdown":
+                    return
+        if scope["type"] != "http":
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            body += message.get("body", b"")
+            if len(body) > WHIP_MAX_BODY:
+                await _reply(send, 413, b"body too large\n")
+                return
+            if not message.get("more_body", False):
+                break
+        client = list(scope.get("client") or ("", 0))
+        status, headers, out = await self._link.call(
+            "http", scope["method"], scope["path"], scope["query_string"],
+            [list(h) for h in scope["headers"]], bytes(body), client)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [tuple(h) for h in headers]})
+        await send({"type": "http.response.body", "body": out})
+
+
+async def _reply(send: Any, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class CallCounts:
+    """The replica's answered calls, handed to the service process every second."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, str, float]] = []
+
+    def record(self, method: str, code: str, seconds: float) -> None:
+        self.pending.append((method, code, seconds))
+
+    async def flush_forever(self, link: LinkClient) -> None:
+        while True:
+            await trio.sleep(METRICS_FLUSH)
+            if self.pending:
+                batch, self.pending = self.pending, []
+                await link.notify("metrics", batch)
+
+
+async def replica_main(listen_fd: int, link_fd: int) -> None:
+    link = LinkClient(trio.SocketStream(trio.socket.from_stdlib_socket(
+        socket.socket(fileno=link_fd))))
+    async with trio.open_nursery() as nursery:
+        settings = await nursery.start(_follow_link, link, nursery.cancel_scope)
+        logging.getLogger().setLevel(settings["log_level"])
+        async with open_sqlite_store(Path(settings["store"]), shared=True) as store:
+            local = IngressService(store, EndpointUrls("", ""))
+            counts = CallCounts()
+            twirp = TwirpServer(ForwardingIngressApi(local, link),
+                                Authenticator({settings["api_key"]: settings["api_secret"]}),
+                                record=counts.record)
+            app = TwirpASGI(twirp, ForwardingFallback(link),
+                            ForwardingWhip(link) if settings["whip"] else None)
+            nursery.start_soon(counts.flush_forever, link)
+            await nursery.start(serve_http, app, [f"fd://{listen_fd}"])
+            log.info("api replica %d ready (pid %d)", settings["index"], os.getpid())
+            gc.freeze()
+            gc.set_threshold(20_000, 50, 1_000)  # as relay.cli._tune_gc, same reasons
+            await trio.sleep_forever()
+
+
+async def _follow_link(link: LinkClient, scope: trio.CancelScope,
+                       task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED
+                       ) -> None:
+    """Run the link; when it ends, so does the replica: the service process is gone."""
+    try:
+        await link.run(task_status=task_status)
+        log.info("the service process closed the link: exiting")
+    finally:
+        scope.cancel()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s "
+                        "api-replica[%(process)d] %(name)s: %(message)s")
+    listen_fd, link_fd = int(sys.argv[1]), int(sys.argv[2])
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_exit_when_link_closes, listen_fd, link_fd, nursery)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+    trio.run(run)
+
+
+async def _exit_when_link_closes(listen_fd: int, link_fd: int, nursery: trio.Nursery) -> None:
+    try:
+        await replica_main(listen_fd, link_fd)
+    finally:
+        nursery.cancel_scope.cancel()
+
+
+if __name__ == "__main__":
+    main()
