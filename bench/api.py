@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import tempfile
@@ -77,7 +78,7 @@ async def _client(host: str, port: int, token: str, jobs: list[tuple[str, bytes]
 
 
 def _worker(host: str, port: int, token: str, jobs: list[tuple[str, bytes]], clients: int,
-            interval: float, out: mp.Queue) -> None:
+            interval: float, nice: int, out: mp.Queue) -> None:
     async def main() -> list[float]:
         latencies: list[float] = []
         shares = [jobs[i::clients] for i in range(clients)]
@@ -85,6 +86,8 @@ def _worker(host: str, port: int, token: str, jobs: list[tuple[str, bytes]], cli
                                        i / clients) for i, share in enumerate(shares)))
         return latencies
 
+    if nice:
+        os.nice(nice)
     try:
         out.put(asyncio.run(main()))
     except BaseException as exc:
@@ -93,13 +96,14 @@ def _worker(host: str, port: int, token: str, jobs: list[tuple[str, bytes]], cli
 
 
 def run_load(url: str, token: str, jobs: list[tuple[str, bytes]], clients: int = 16,
-             procs: int = 1, rate: float = 0.0) -> tuple[float, list[float]]:
-    """Run `jobs` over `clients` connections; `rate` > 0 paces them (req/s in total)."""
+             procs: int = 1, rate: float = 0.0, nice: int = 0) -> tuple[float, list[float]]:
+    """Run `jobs` over `clients` connections; `rate` > 0 paces them (req/s in total);
+    `nice` < 0 lets the load generator run ahead of the service's processes."""
     host, port = url.removeprefix("http://").split(":")
     out: mp.Queue = mp.Queue()
     interval = clients / rate if rate else 0.0
     workers = [mp.Process(target=_worker, args=(host, int(port), token, jobs[i::procs],
-                                                clients // procs, interval, out))
+                                                clients // procs, interval, nice, out))
                for i in range(procs)]
     started = time.perf_counter()
     for w in workers:
@@ -131,23 +135,36 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=1, help="load generator processes")
     parser.add_argument("--rate", type=float, default=500.0,
                         help="offered load of the paced ListIngress phase, req/s")
+    parser.add_argument("--client-nice", type=int, default=0,
+                        help="nice value of the load generator (-10: it is not queued "
+                             "behind the service on a 2-core machine; needs root)")
+    parser.add_argument("--api-processes", type=int, default=1,
+                        help="the service's api_processes (1: no API replica)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        service = ServiceProcess(Path(tmp))
+        service = ServiceProcess(Path(tmp), api_processes=args.api_processes)
         service.start()
+        if args.api_processes > 1:  # the replicas take a moment to start
+            deadline = time.monotonic() + 20
+            while service.log().count(" ready (pid ") < args.api_processes - 1:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the API replicas did not start:\n" + service.log())
+                time.sleep(0.1)
         try:
             token = service.token(ttl=3600)
             creates = [("CreateIngress", pb.CreateIngressRequest(
                 input_type=pb.IngressInput.RTMP_INPUT, name=f"bench {i}",
                 room_name=f"room-{i % ROOMS}", participant_identity=f"p{i}",
             ).SerializeToString()) for i in range(args.creates)]
-            elapsed, lat = run_load(service.url, token, creates, procs=args.procs)
+            elapsed, lat = run_load(service.url, token, creates, procs=args.procs,
+                                    nice=args.client_nice)
             report("CreateIngress (16 clients)", elapsed, lat)
 
             by_room = [("ListIngress", pb.ListIngressRequest(
                 room_name=f"room-{i % ROOMS}").SerializeToString()) for i in range(args.lists)]
-            elapsed, lat = run_load(service.url, token, by_room, procs=args.procs)
+            elapsed, lat = run_load(service.url, token, by_room, procs=args.procs,
+                                    nice=args.client_nice)
             report(f"ListIngress by room ({args.creates // ROOMS}/room)", elapsed, lat)
             elapsed, lat = run_load(service.url, token, by_room[: args.lists // 2],
                                     rate=args.rate)
