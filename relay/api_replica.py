@@ -34,6 +34,7 @@ import trio
 from livekit.protocol import ingress as pb
 
 from api.auth import Authenticator
+from api.errors import TwirpError
 from api.http import WHIP_MAX_BODY, TwirpASGI
 from api.service import EndpointUrls, IngressService, WireResponse
 from api.store import open_sqlite_store
@@ -213,8 +214,11 @@ class ForwardingWhip:
     async def handle(self, method: str, path: str, headers: dict[str, str], body: bytes
                      ) -> ForwardedReply:
         raw = [[k.encode("latin-1"), v.encode("latin-1")] for k, v in headers.items()]
-        status, out_headers, out = await self._link.call("http", method, path, b"", raw,
-                                                         body, ["replica", 0])
+        try:
+            status, out_headers, out = await self._link.call("http", method, path, b"", raw,
+                                                             body, ["replica", 0])
+        except TwirpError as err:  # the service process is gone or failed
+            return ForwardedReply(err.status, f"{err.msg}\n".encode(), (), "text/plain")
         content_type = ""
         extra = []
         for name, value in out_headers:
@@ -255,9 +259,13 @@ class ForwardingFallback:
             if not message.get("more_body", False):
                 break
         client = list(scope.get("client") or ("", 0))
-        status, headers, out = await self._link.call(
-            "http", scope["method"], scope["path"], scope["query_string"],
-            [list(h) for h in scope["headers"]], bytes(body), client)
+        try:
+            status, headers, out = await self._link.call(
+                "http", scope["method"], scope["path"], scope["query_string"],
+                [list(h) for h in scope["headers"]], bytes(body), client)
+        except TwirpError as err:  # the service process is gone or failed
+            await _reply(send, err.status, f"{err.msg}\n".encode())
+            return
         await send({"type": "http.response.start", "status": status,
                     "headers": [tuple(h) for h in headers]})
         await send({"type": "http.response.body", "body": out})

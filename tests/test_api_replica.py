@@ -236,3 +236,68 @@ def test_link_frames_are_bounded_and_checked() -> None:
     garbage.receive_data(b"\xc1")  # a byte msgpack never uses
     with pytest.raises(WireError):
         list(garbage.frames())
+
+
+async def test_link_calls_answers_refusals_and_a_gone_service() -> None:
+    """The link on a socketpair, both ends in this process."""
+    import socket
+
+    import trio
+
+    from api.errors import TwirpError
+    from relay.api_replica import ForwardingFallback
+    from relay.replica_link import LinkClient, serve_link
+
+    async def handle(op: str, args: list) -> object:
+        if op == "echo":
+            await trio.sleep(0.01 * args[1])  # answers may come back out of order
+            return args[0]
+        if op == "refuse":
+            raise TwirpError("not_found", "ingress does not exist")
+        raise RuntimeError("boom")
+
+    ours, theirs = socket.socketpair()
+    service_end = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    client = LinkClient(trio.SocketStream(trio.socket.from_stdlib_socket(theirs)))
+    service_scope = trio.CancelScope()
+
+    async def service() -> None:
+        with service_scope:
+            await serve_link(service_end, {"index": 1}, handle)
+        await service_end.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service)
+        assert await nursery.start(client.run) == {"index": 1}
+        answers: dict[int, object] = {}
+
+        async def echo(i: int) -> None:
+            answers[i] = await client.call("echo", b"x" * i, 5 - i)
+
+        async with trio.open_nursery() as calls:
+            for i in range(5):
+                calls.start_soon(echo, i)
+        assert answers == {i: b"x" * i for i in range(5)}
+        with pytest.raises(TwirpError) as refused:
+            await client.call("refuse")
+        assert (refused.value.code, refused.value.msg) == ("not_found",
+                                                           "ingress does not exist")
+        with pytest.raises(TwirpError) as failed:
+            await client.call("explode")
+        assert (failed.value.code, failed.value.msg) == ("internal", "internal error")
+
+        service_scope.cancel()  # the service process goes away
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await trio.sleep(0.05)
+        await ForwardingFallback(client)({"type": "http", "method": "GET", "path": "/",
+                                          "query_string": b"", "headers": []}, receive, send)
+        assert sent[0]["status"] == 503
+        assert sent[1]["body"] == b"the service process is not reachable\n"
+        nursery.cancel_scope.cancel()
