@@ -123,6 +123,17 @@ def test_the_replica_lists_alone_and_hands_writes_to_the_service(
         input_type=pb.IngressInput.RTMP_INPUT))
     assert status == 400 and error["code"] == "invalid_argument"
 
+    # JSON (livekit-server-sdk's encoding) through the replica: the created ingress
+    # comes back in protojson, as the service process itself answers
+    status, body = api.http("POST", PREFIX + "CreateIngress", json.dumps({
+        "inputType": "WHIP_INPUT", "roomName": "shared", "participantIdentity": "json"}
+    ).encode(), {"Authorization": "Bearer " + api.token, "Content-Type": "application/json"})
+    created = json.loads(body)
+    assert status == 200 and created["input_type"] == "WHIP_INPUT", created
+    assert created["ingress_id"].startswith("IN_") and created["state"]["status"] == \
+        "ENDPOINT_INACTIVE"
+    api.call("DeleteIngress", pb.DeleteIngressRequest(ingress_id=created["ingress_id"]))
+
     _, deleted = api.call("DeleteIngress", pb.DeleteIngressRequest(
         ingress_id=first.ingress_id), pb.IngressInfo)
     assert deleted.ingress_id == first.ingress_id
