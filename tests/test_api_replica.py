@@ -312,3 +312,16 @@ async def test_link_calls_answers_refusals_and_a_gone_service() -> None:
         assert sent[0]["status"] == 503
         assert sent[1]["body"] == b"the service process is not reachable\n"
         nursery.cancel_scope.cancel()
+
+
+def test_bad_input_to_the_replica_gets_clean_twirp_errors(replicated: ServiceProcess) -> None:
+    """The robustness cases of test_api_robustness, each on a replica connection; the
+    replica stays up and serves the next."""
+    from tests.test_api_robustness import bad_requests
+
+    replica = replica_pids(replicated)[0]
+    for name, target, headers, body, status, code in bad_requests(replicated):
+        method, path = target.split(" ", 1)
+        got_status, payload = on_replica(replicated).http(method, path, body, headers)
+        assert (got_status, json.loads(payload)["code"]) == (status, code), name
+    assert replica_pids(replicated) == [replica] and _running(replica)
