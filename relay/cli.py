@@ -69,10 +69,24 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         trio.run(main)
-    except OSError as exc:
-        print(f"ingress: cannot start: {exc}", file=sys.stderr)
+    except (OSError, BaseExceptionGroup) as exc:
+        cause = _os_error(exc)  # trio's nurseries wrap it in exception groups
+        if cause is None:
+            raise
+        print(f"ingress: cannot start: {cause}", file=sys.stderr)
         return 1
     return 0
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError (a port in use, an unreadable certificate) behind a failed start."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _os_error(inner)) is not None:
+                return found
+    return None
 
 
 def _read_request(path: str, message: Message) -> Message:

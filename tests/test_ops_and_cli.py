@@ -54,6 +54,23 @@ def test_bad_config_is_refused_with_the_key(tmp_path: Path) -> None:
     assert "unknown config key: rtmp_prot" in proc.stderr
 
 
+def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        path = tmp_path / "c.yaml"
+        path.write_text(f"api_key: k\napi_secret: s\nhttp_port: {taken.getsockname()[1]}\n"
+                        f"rtmp_port: -1\ndata_dir: {tmp_path / 'data'}\n")
+        proc = subprocess.run([sys.executable, "-m", "relay", "serve", "--config", str(path)],
+                              capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "ingress: cannot start: [Errno 98] Address already in use"), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def cli(service: ServiceProcess, *args: str, stdin: str | None = None
         ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "INGRESS_URL": service.url, "LIVEKIT_API_KEY": service.api_key,
