@@ -14,7 +14,8 @@ the operations endpoints) it hands to the service process over the link
 path, the sessions and admission. An acknowledged write is committed before the
 answer leaves, so a ListIngress on any process sees it. If the service process
 goes away, the link closes and the replica exits: no orphan holds the port. If a
-replica dies, the service process starts another.
+replica dies, the service process starts another (after 1 s, longer if they keep
+dying young).
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ from .wire import WireError
 
 log = logging.getLogger("relay.api_replica")  # not __main__ when run with -m
 
-RESTART_DELAY = 1.0  # between a replica's death and its successor
+# between a replica's death and its successor: doubled after each replica that
+# died young (a crash at start would otherwise respawn every second forever)
+RESTART_DELAY = 1.0
+MAX_RESTART_DELAY = 60.0
+HEALTHY_AFTER = 60.0  # a replica that lived this long resets the delay
 EXIT_GRACE = 2.0
 METRICS_FLUSH = 1.0  # how often a replica hands its call counts to the service process
 
@@ -128,7 +133,9 @@ async def run_replicas(count: int, listener: socket.socket, settings: dict[str, 
 
 async def _keep_replica(index: int, listener: socket.socket, settings: dict[str, Any],
                         calls: ReplicaCalls) -> None:
+    delay = RESTART_DELAY
     while True:
+        started = trio.current_time()
         ours, theirs = socket.socketpair()
         try:
             process = await trio.lowlevel.open_process(
@@ -149,9 +156,12 @@ async def _keep_replica(index: int, listener: socket.socket, settings: dict[str,
             with trio.CancelScope(shield=True):
                 await _end(process)
                 await link.aclose()
+        if trio.current_time() - started >= HEALTHY_AFTER:
+            delay = RESTART_DELAY
         log.error("api replica %d (pid %d) exited with %s; starting another in %.0f s",
-                  index, process.pid, process.returncode, RESTART_DELAY)
-        await trio.sleep(RESTART_DELAY)
+                  index, process.pid, process.returncode, delay)
+        await trio.sleep(delay)
+        delay = min(delay * 2, MAX_RESTART_DELAY)
 
 
 async def _serve_until_exit(link: trio.SocketStream, settings: dict[str, Any],

@@ -191,6 +191,14 @@ def test_a_replica_that_dies_is_replaced_and_nothing_else_notices(
     _, listed = on_replica(replicated).call(
         "ListIngress", pb.ListIngressRequest(room_name="after"), pb.ListIngressResponse)
     assert len(listed.items) == 20
+    # one that dies young again waits twice as long (no respawn loop at full speed)
+    os.kill(second, signal.SIGKILL)
+    third = wait_for_replicas(replicated, 3)
+    assert f"api replica 1 (pid {first}) exited with -9; starting another in 1 s" in \
+        replicated.log()
+    assert f"api replica 1 (pid {second}) exited with -9; starting another in 2 s" in \
+        replicated.log()
+    assert third not in (first, second)
 
 
 def test_replicas_leave_with_the_service_process(replicated: ServiceProcess) -> None:
