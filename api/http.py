@@ -1,4 +1,4 @@
-"""The HTTP face of the service (ASGI on hypercorn, trio flavour).
+"""The HTTP face of the service: one ASGI app (relay/h11_server.py serves it).
 
 It only moves bytes: Twirp calls go to `TwirpServer.handle`, operations endpoints
 read `NodeStatus`, `/w...` goes to the WHIP ingest (relay/whip_ingest.py) with

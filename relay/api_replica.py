@@ -1,12 +1,13 @@
 """API replicas: more processes answering the one HTTP listener (`api_processes`).
 
-Why: one Python process runs on one core, and at saturation the service process
-spends 96% of its CPU in HTTP/1.1 (hypercorn, h11, trio sockets), not in the API
-(docs/PERFORMANCE.md). A replica is a child process that accepts connections on
-the same listening socket (inherited: the kernel hands each new connection to
-whichever process accepts first) and answers ListIngress itself, from the
-SQLite store: WAL lets it read while the service process writes, and SQLite's
-data_version tells its room cache when another process has committed.
+Why: one Python process runs on one core, and at saturation most of a call's CPU
+is HTTP/1.1 handling, not the API (docs/PERFORMANCE.md). A replica is a child
+process that accepts connections on the same listening socket (inherited: the
+kernel hands each new connection to whichever process accepts first), serves it
+with relay/h11_server.py as the service process does, and answers ListIngress
+itself from the SQLite store: WAL lets it read while the service process
+writes, and SQLite's data_version tells its room cache when another process has
+committed.
 
 Everything that writes or touches a session (Create/Update/DeleteIngress, WHIP,
 the operations endpoints) it hands to the service process over the link
@@ -41,7 +42,7 @@ from api.service import EndpointUrls, IngressService, WireResponse
 from api.store import open_sqlite_store
 from api.twirp import TwirpServer, record_call
 
-from .http_listener import serve_http
+from .h11_server import H11Server
 from .replica_link import LinkClient, serve_link
 from .wire import WireError
 
@@ -242,19 +243,12 @@ class ForwardingWhip:
 
 class ForwardingFallback:
     """ASGI app for what is neither Twirp nor WHIP (`/`, `/availability`, `/metrics`,
-    unknown paths): the service process answers. Also takes hypercorn's lifespan."""
+    unknown paths): the service process answers."""
 
     def __init__(self, link: LinkClient) -> None:
         self._link = link
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                kind = message["type"].rsplit(".", 1)[-1]  # startup | shutdown
-                await send({"type": f"lifespan.{kind}.complete"})
-                if kind == "shutdown":
-                    return
         if scope["type"] != "http":
             return
         body = bytearray()
@@ -320,7 +314,7 @@ async def replica_main(listen_fd: int, link_fd: int) -> None:
             app = TwirpASGI(twirp, ForwardingFallback(link),
                             ForwardingWhip(link) if settings["whip"] else None)
             nursery.start_soon(counts.flush_forever, link)
-            await nursery.start(serve_http, app, [f"fd://{listen_fd}"])
+            await nursery.start(H11Server(app).serve, socket.socket(fileno=listen_fd))
             log.info("api replica %d ready (pid %d)", settings["index"], os.getpid())
             gc.freeze()
             gc.set_threshold(20_000, 50, 1_000)  # as relay.cli._tune_gc, same reasons

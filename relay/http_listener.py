@@ -1,7 +1,8 @@
-"""The HTTP listener: its socket, and hypercorn serving an ASGI app on it.
+"""HTTP listeners: the API/WHIP listening socket, and hypercorn for the others.
 
-The API/WHIP socket is made here rather than by hypercorn so that API replicas
-(relay/api_replica.py) can inherit it and serve it too (hypercorn's `fd://` bind).
+The API/WHIP socket is made here, bound and listening, so that API replicas
+(relay/api_replica.py) can inherit it; relay/h11_server.py serves it in every
+process. The separate health and Prometheus ports are served by hypercorn.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def open_http_listener(host: str, port: int) -> socket.socket:
 async def serve_http(app: Any, binds: list[str],
                      task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
                      ) -> None:
-    """hypercorn on `binds` ("host:port" or "fd://N"); reports the bound URLs."""
+    """hypercorn on `binds` ("host:port"); reports the bound URLs."""
     hconfig = HypercornConfig()
     hconfig.bind = binds
     hconfig.backlog = HTTP_BACKLOG

@@ -22,6 +22,7 @@ from api.twirp import TwirpServer
 from .admission import Admission
 from .api_replica import ReplicaCalls, run_replicas
 from .config import Config, log_level
+from .h11_server import H11Server
 from .http_listener import open_http_listener, serve_http
 from .ops import NodeStatus
 from .pipeline import WorkerSinkFactory
@@ -76,7 +77,8 @@ async def serve(config: Config,
         app = create_app(twirp, status, whip)
         listener = open_http_listener(host, config.http_port)
         nursery.start_soon(_close_at_exit, listener)
-        http = (await nursery.start(serve_http, app, [f"fd://{os.dup(listener.fileno())}"]))[0]
+        http = (await nursery.start(H11Server(app).serve,
+                                    socket.socket(fileno=os.dup(listener.fileno()))))[0]
         if config.api_processes > 1:
             await nursery.start(run_replicas, config.api_processes - 1, listener, {
                 "store": str(config.store_path), "api_key": config.api_key,
