@@ -56,15 +56,11 @@ class H11Server:
             nursery.start_soon(trio.serve_listeners, self.connection, [listener])
             task_status.started([f"http://{host}:{port}"])
 
-    async def connection(self, stream: trio.SocketStream) -> None:
+    async def connection(self, stream: trio.abc.HalfCloseableStream) -> None:
         """One connection, request after request. Whatever goes wrong ends this
         connection only: the exception is logged, the server goes on."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-        try:
-            peer = stream.socket.getpeername()
-            client = (str(peer[0]), int(peer[1]))
-        except (OSError, IndexError):
-            client = ("", 0)
+        client = _peer(stream)
         try:
             while True:
                 event = await self.next_event(conn, stream, self.keep_alive_timeout)
@@ -88,7 +84,7 @@ class H11Server:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def next_event(self, conn: h11.Connection, stream: trio.SocketStream,
+    async def next_event(self, conn: h11.Connection, stream: trio.abc.ReceiveStream,
                          timeout: float) -> Any:
         """The next h11 event, reading as needed. EOF, or no bytes for `timeout`
         seconds, reads as the end of the stream (ConnectionClosed when idle,
@@ -107,7 +103,8 @@ class H11Server:
 class _Exchange:
     """One request and its response: the ASGI `receive` and `send` of one app call."""
 
-    def __init__(self, server: H11Server, conn: h11.Connection, stream: trio.SocketStream,
+    def __init__(self, server: H11Server, conn: h11.Connection,
+                 stream: trio.abc.HalfCloseableStream,
                  request: h11.Request, client: tuple[str, int]) -> None:
         self.server = server
         self.conn = conn
@@ -182,7 +179,16 @@ class _Exchange:
         await self.stream.send_all(out)
 
 
-async def _linger(stream: trio.SocketStream) -> None:
+def _peer(stream: trio.abc.Stream) -> tuple[str, int]:
+    """(address, port) of a socket stream's peer; ("", 0) for any other stream."""
+    try:
+        peer = stream.socket.getpeername()  # type: ignore[attr-defined]
+        return str(peer[0]), int(peer[1])
+    except (AttributeError, OSError, IndexError, TypeError, ValueError):
+        return "", 0
+
+
+async def _linger(stream: trio.abc.HalfCloseableStream) -> None:
     """Close the way a client still sending can read our answer: end our side, then
     read and drop what it sends for a moment (closing with unread bytes makes the
     kernel reset the connection, and the reset can destroy the answer in flight)."""
@@ -203,7 +209,7 @@ def _reason(status: int) -> bytes:
         return b""
 
 
-async def _refuse(conn: h11.Connection, stream: trio.SocketStream,
+async def _refuse(conn: h11.Connection, stream: trio.abc.SendStream,
                   exc: h11.RemoteProtocolError) -> None:
     """Answer a request we cannot parse with h11's status for it (400, 431, ...),
     when the connection is still at a point where an answer can go out."""

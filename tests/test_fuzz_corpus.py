@@ -21,12 +21,13 @@ FUZZ = Path(__file__).resolve().parent.parent / "fuzz"
 sys.path.insert(0, str(FUZZ))
 
 import fuzz_flv  # noqa: E402
+import fuzz_http  # noqa: E402
 import fuzz_sdp  # noqa: E402
 import fuzz_session  # noqa: E402
 import fuzz_url  # noqa: E402
 
 HARNESSES: dict[str, ModuleType] = {"session": fuzz_session, "flv": fuzz_flv, "sdp": fuzz_sdp,
-                                    "url": fuzz_url}
+                                    "url": fuzz_url, "http": fuzz_http}
 CASES = [
     pytest.param(name, path, id=f"{name}/{path.name}")
     for name in HARNESSES
