@@ -67,8 +67,11 @@ class H11Server:
                 if not isinstance(event, h11.Request):
                     return  # closed by the client, or idle too long
                 await _Exchange(self, conn, stream, event, client).run()
+                if conn.their_state is h11.SEND_BODY:  # answered before the body came
+                    await _linger(stream)
+                    return
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    return  # Connection: close, or a request body left unread
+                    return  # Connection: close
                 conn.start_next_cycle()
         except h11.RemoteProtocolError as exc:
             await _refuse(conn, stream, exc)
@@ -77,9 +80,6 @@ class H11Server:
             pass
         except Exception:
             log.exception("HTTP connection from %s:%d failed", *client)
-        else:
-            if conn.their_state is h11.SEND_BODY:  # answered before the whole body came
-                await _linger(stream)
         finally:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
