@@ -117,6 +117,13 @@ class _Exchange:
         self.body_done = False
 
     async def run(self) -> None:
+        if self.request.method == b"CONNECT":  # a 2xx would turn the connection into a
+            self.start = {"status": 405, "headers": [  # tunnel; nothing here makes one
+                (b"allow", b"GET, HEAD, POST, PATCH, DELETE, OPTIONS"),
+                (b"content-type", b"text/plain"), (b"connection", b"close")]}
+            self.body = [b"CONNECT is not served here\n"]
+            await self._write()
+            return
         path, _, query = self.request.target.partition(b"?")
         method = self.request.method.decode("ascii")
         scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},

@@ -110,6 +110,14 @@ async def test_bad_requests_get_a_status_and_the_connection_closes(
     assert line == status and body.startswith(b"bad request: ")
 
 
+async def test_connect_is_refused_without_asking_the_app(server: tuple[str, int]) -> None:
+    """A 2xx to CONNECT would make the connection a tunnel (the fuzzer's first find:
+    the app's 200 and then its body broke h11's state)."""
+    raw = await exchange(server, b"CONNECT example.com:443 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert responses(raw) == [("HTTP/1.1 405 Method Not Allowed",
+                               b"CONNECT is not served here\n")]
+
+
 async def test_a_failing_app_answers_500_and_the_server_goes_on(
         server: tuple[str, int]) -> None:
     raw = await exchange(server, b"GET /boom HTTP/1.1\r\nHost: a\r\n\r\n")
