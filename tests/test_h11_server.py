@@ -52,7 +52,7 @@ async def exchange(address: tuple[str, int], data: bytes, *, until_closed: bool 
     async with stream:
         await stream.send_all(data)
         got = b""
-        with trio.fail_after(5):
+        with trio.fail_after(10):
             while until_closed or len(got) < expect:
                 chunk = await stream.receive_some(65536)
                 if not chunk:
@@ -86,13 +86,13 @@ async def test_body_arriving_byte_by_byte_and_100_continue(server: tuple[str, in
     async with stream:
         await stream.send_all(b"PUT /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n"
                               b"Expect: 100-continue\r\n\r\n")
-        with trio.fail_after(5):
+        with trio.fail_after(10):
             interim = await stream.receive_some(65536)
         assert interim.startswith(b"HTTP/1.1 100 ")
         for byte in b"abcd":
             await stream.send_all(bytes([byte]))
             await trio.sleep(0.01)
-        with trio.fail_after(5):
+        with trio.fail_after(10):
             raw = await stream.receive_some(65536)
     assert responses(raw) == [("HTTP/1.1 200 OK", b"PUT /slow abcd")]
 
@@ -151,14 +151,14 @@ async def test_connection_close_head_and_unread_bodies(server: tuple[str, int]) 
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(upload)
-            with trio.fail_after(5):
+            with trio.fail_after(10):
                 while chunk := await stream.receive_some(65536):
                     raw += chunk
     assert responses(raw) == [("HTTP/1.1 200 OK", b"POST /noread ")]
 
 
 async def test_idle_and_stalled_connections_are_closed(server: tuple[str, int]) -> None:
-    with trio.fail_after(3):
+    with trio.fail_after(10):  # 0.5 s idle, then 0.5 s + 1 s linger
         assert await exchange(server, b"") == b""  # idle past keep_alive_timeout
         raw = await exchange(server, b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n"
                                      b"\r\nabc")  # then silence past read_timeout
