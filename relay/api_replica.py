@@ -21,7 +21,6 @@ dying young).
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -42,7 +41,8 @@ from api.service import EndpointUrls, IngressService, WireResponse
 from api.store import open_sqlite_store
 from api.twirp import TwirpServer, record_call
 
-from .h11_server import H11Server
+from .cli import tune_gc
+from .h11_server import H11Server, asgi_scope
 from .replica_link import LinkClient, serve_link
 from .wire import WireError
 
@@ -93,11 +93,9 @@ async def _call_asgi(app: Any, method: str, path: str, query: bytes,
                      headers: list[list[bytes]], body: bytes, client: list[Any]
                      ) -> list[Any]:
     """One HTTP request through an ASGI app, in memory: [status, headers, body]."""
-    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-             "http_version": "1.1", "method": method, "scheme": "http", "path": path,
-             "raw_path": path.encode(), "query_string": query, "root_path": "",
-             "headers": [(k, v) for k, v in headers], "client": tuple(client),
-             "server": None, "extensions": {}}
+    target = path.encode("latin-1") + (b"?" + query if query else b"")
+    scope = asgi_scope(method, target, [(k, v) for k, v in headers],
+                       (str(client[0]), int(client[1])))
     delivered = False
 
     async def receive() -> dict[str, Any]:
@@ -316,8 +314,7 @@ async def replica_main(listen_fd: int, link_fd: int) -> None:
             nursery.start_soon(counts.flush_forever, link)
             await nursery.start(H11Server(app).serve, socket.socket(fileno=listen_fd))
             log.info("api replica %d ready (pid %d)", settings["index"], os.getpid())
-            gc.freeze()
-            gc.set_threshold(20_000, 50, 1_000)  # as relay.cli._tune_gc, same reasons
+            tune_gc()
             await trio.sleep_forever()
 
 

@@ -31,10 +31,10 @@ def _quiet_dev_key_warning() -> None:
     warnings.filterwarnings("ignore", message=".*HMAC key.*")
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """Once the service is up: move what startup built out of the collector's sight
     (gc.freeze) and collect the young generation less often. Every HTTP call allocates
-    thousands of short-lived objects (hypercorn, h11, trio), and with CPython's
+    many short-lived objects (measured under hypercorn, h11 and trio), and with CPython's
     defaults the collections they trigger, full ones included, showed as the API's
     tail latency: p99.9 of ListIngress under 16 saturating clients 34 ms -> 17-20 ms
     (bench/api.py, docs/PERFORMANCE.md)."""
@@ -61,7 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(2, 15) as signals:  # SIGINT, SIGTERM
                 await nursery.start(serve, config)
-                _tune_gc()
+                tune_gc()
                 async for signum in signals:
                     logging.getLogger("relay").info("signal %d: shutting down", signum)
                     nursery.cancel_scope.cancel()

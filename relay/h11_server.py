@@ -6,8 +6,8 @@ WHIP signalling, health), and under hypercorn 96% of a call's CPU was the
 server's own machinery: a task per request, a keep-alive timer task restarted
 per request, ASGI message plumbing, three socket writes per response. With this
 loop over the same h11, ListIngress by room went from ~1,700 to ~5,000 calls/s
-on one process (docs/PERFORMANCE.md). hypercorn still serves the separate
-health and Prometheus ports.
+on one process (docs/PERFORMANCE.md). The separate health and Prometheus ports
+are served by it too.
 
 What it does not do, because nothing on this listener needs it: HTTP/2,
 WebSockets, TLS, lifespan events, streamed responses (a response is written when
@@ -28,12 +28,40 @@ import trio
 
 log = logging.getLogger(__name__)
 
+HTTP_BACKLOG = 1024
 MAX_RECV = 65536
 MAX_HEAD_BYTES = 64 * 1024  # an incomplete request head past this (+ one read): 431
 KEEP_ALIVE_TIMEOUT = 75.0  # idle between requests (hypercorn's setting here before)
 READ_TIMEOUT = 30.0  # silence in the middle of a request
 LINGER_SECONDS = 1.0  # closing on a client that is still sending: see _linger
 LINGER_READS = 256  # at most this many reads (16 MiB) are dropped meanwhile
+
+
+def open_listener(host: str, port: int) -> socket.socket:
+    """A bound, listening TCP socket, made here rather than inside `serve()` so that
+    API replicas (relay/api_replica.py) can inherit the API's; not inheritable
+    unless passed on purpose."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepts
+        sock.bind((host, port))
+        sock.listen(HTTP_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def asgi_scope(method: str, target: bytes, headers: list[tuple[bytes, bytes]],
+               client: tuple[str, int], http_version: str = "1.1") -> dict[str, Any]:
+    """The ASGI `http` scope of a request (`target`: path and query)."""
+    path, _, query = target.partition(b"?")
+    return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": http_version, "method": method, "scheme": "http",
+            "path": path.decode("latin-1"), "raw_path": path, "query_string": query,
+            "root_path": "", "headers": headers, "client": client, "server": None,
+            "extensions": {}}
 
 
 class H11Server:
@@ -48,13 +76,18 @@ class H11Server:
     async def serve(self, sock: socket.socket,
                     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
                     ) -> None:
-        """Accept on `sock` (bound and listening) until cancelled; reports its URL."""
+        """Accept on `sock` (bound and listening) until cancelled, then close it;
+        reports its URL."""
         sock.setblocking(False)
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         host, port = sock.getsockname()[:2]
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, self.connection, [listener])
-            task_status.started([f"http://{host}:{port}"])
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.serve_listeners, self.connection, [listener])
+                task_status.started([f"http://{host}:{port}"])
+        finally:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
 
     async def connection(self, stream: trio.abc.HalfCloseableStream) -> None:
         """One connection, request after request. Whatever goes wrong ends this
@@ -124,14 +157,9 @@ class _Exchange:
             self.body = [b"CONNECT is not served here\n"]
             await self._write()
             return
-        path, _, query = self.request.target.partition(b"?")
         method = self.request.method.decode("ascii")
-        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-                 "http_version": self.request.http_version.decode("ascii"),
-                 "method": method, "scheme": "http", "path": path.decode("latin-1"),
-                 "raw_path": path, "query_string": query, "root_path": "",
-                 "headers": list(self.request.headers), "client": self.client,
-                 "server": None, "extensions": {}}
+        scope = asgi_scope(method, self.request.target, list(self.request.headers),
+                           self.client, self.request.http_version.decode("ascii"))
         try:
             await self.server.app(scope, self.receive, self.send)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):

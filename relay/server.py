@@ -7,8 +7,6 @@ and runs until cancelled; the CLI cancels it on SIGINT/SIGTERM.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from dataclasses import dataclass
 
 import trio
@@ -22,8 +20,7 @@ from api.twirp import TwirpServer
 from .admission import Admission
 from .api_replica import ReplicaCalls, run_replicas
 from .config import Config, log_level
-from .h11_server import H11Server
-from .http_listener import open_http_listener, serve_http
+from .h11_server import H11Server, open_listener
 from .ops import NodeStatus
 from .pipeline import WorkerSinkFactory
 from .rtmp_ingest import RtmpIngest, RtmpSettings, load_ssl_context
@@ -75,10 +72,8 @@ async def serve(config: Config,
                               draining=lambda: status.draining, admission=admission)
             await nursery.start(whip.run)
         app = create_app(twirp, status, whip)
-        listener = open_http_listener(host, config.http_port)
-        nursery.start_soon(_close_at_exit, listener)
-        http = (await nursery.start(H11Server(app).serve,
-                                    socket.socket(fileno=os.dup(listener.fileno()))))[0]
+        listener = open_listener(host, config.http_port)
+        http = (await nursery.start(H11Server(app).serve, listener))[0]
         if config.api_processes > 1:
             await nursery.start(run_replicas, config.api_processes - 1, listener, {
                 "store": str(config.store_path), "api_key": config.api_key,
@@ -87,11 +82,11 @@ async def serve(config: Config,
         ops_app = create_ops_app(status)
         health = prometheus = None
         if config.health_port > 0:
-            health = (await nursery.start(serve_http, ops_app,
-                                          [f"{host}:{config.health_port}"]))[0]
+            health = (await nursery.start(H11Server(ops_app).serve,
+                                          open_listener(host, config.health_port)))[0]
         if config.prometheus_port > 0:
-            prometheus = (await nursery.start(serve_http, ops_app,
-                                              [f"{host}:{config.prometheus_port}"]))[0]
+            prometheus = (await nursery.start(H11Server(ops_app).serve,
+                                              open_listener(host, config.prometheus_port)))[0]
         rtmp = rtmps = None
         sink_factory = None
         if config.ws_url:
@@ -125,9 +120,3 @@ async def serve(config: Config,
             status.drain()
             sessions.stop_all(SHUTTING_DOWN)
 
-
-async def _close_at_exit(sock: socket.socket) -> None:
-    try:
-        await trio.sleep_forever()
-    finally:
-        sock.close()

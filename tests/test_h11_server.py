@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from relay.h11_server import H11Server
-from relay.http_listener import open_http_listener
+from relay.h11_server import H11Server, open_listener
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -38,7 +37,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @pytest.fixture
 async def server(nursery: trio.Nursery) -> AsyncIterator[tuple[str, int]]:
-    sock = open_http_listener("127.0.0.1", 0)
+    sock = open_listener("127.0.0.1", 0)
     address = sock.getsockname()
     await nursery.start(H11Server(app, keep_alive_timeout=0.5, read_timeout=0.5).serve, sock)
     yield address
@@ -166,7 +165,7 @@ async def test_idle_and_stalled_connections_are_closed(server: tuple[str, int]) 
 
 
 def test_the_listener_is_not_inherited() -> None:
-    sock = open_http_listener("127.0.0.1", 0)
+    sock = open_listener("127.0.0.1", 0)
     with sock:
         assert not sock.get_inheritable()
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
