@@ -9,9 +9,11 @@ the input bytes, so a crash file always reproduces.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import sys
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -132,3 +134,12 @@ def memory_bound(limit: int | None) -> Iterator[None]:
 
 def corpus_files(harness: str) -> list[Path]:
     return sorted(p for p in (CORPUS / harness).iterdir() if p.is_file())
+
+
+def libfuzzer_main(atheris: Any, harness: str, target: Callable[[bytes], None]) -> None:
+    """libFuzzer's entry, for a harness run as a script. libFuzzer's -merge/-fork
+    re-run argv[0]: run.py points FUZZ_ARGV0 at an executable wrapper."""
+    if atheris is None:
+        sys.exit(f"atheris is not installed: use `python fuzz/run.py {harness} --engine random`")
+    atheris.Setup([os.environ.get("FUZZ_ARGV0", sys.argv[0]), *sys.argv[1:]], target)
+    atheris.Fuzz()

@@ -36,7 +36,7 @@ else:
     import rtmp
 
 import fuzz_session
-from _common import check_error, expect, expect_same, memory_bound, split
+from _common import check_error, expect, expect_same, libfuzzer_main, memory_bound, split
 
 MODES = ("file", "video", "audio", "script")
 TAG_TYPES = {1: 9, 2: 8, 3: 18}
@@ -170,12 +170,7 @@ def TestOneInput(data: bytes) -> None:
 
 
 def main() -> None:
-    if atheris is None:
-        sys.exit("atheris is not installed: use `python fuzz/run.py flv --engine random`")
-    # libFuzzer's -merge/-fork re-run argv[0]: run.py points it at an executable wrapper
-    argv = [os.environ.get("FUZZ_ARGV0", sys.argv[0]), *sys.argv[1:]]
-    atheris.Setup(argv, TestOneInput)
-    atheris.Fuzz()
+    libfuzzer_main(atheris, "flv", TestOneInput)
 
 
 if __name__ == "__main__":

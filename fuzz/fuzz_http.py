@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _common import OracleFailure, memory_bound
+from _common import BYTEWISE_MAX, OracleFailure, libfuzzer_main, memory_bound
 
 try:
     import atheris
@@ -48,7 +48,6 @@ with (atheris.instrument_imports(include=["relay.h11_server", "h11"])
     from relay.h11_server import H11Server
 
 MODES = ("whole", "bytewise", "split", "hang")
-BYTEWISE_MAX = 256
 KEEP_ALIVE, READ = 75.0, 30.0
 MEMCHECK = os.environ.get("FUZZ_MEMCHECK", "0") == "1"
 MEM_BASE = 4 * 1024 * 1024
@@ -199,11 +198,7 @@ def run_one(data: bytes) -> None:
 
 
 def main() -> None:
-    """libFuzzer's entry; -merge/-fork re-run argv[0], which run.py sets in FUZZ_ARGV0."""
-    if atheris is None:
-        sys.exit("atheris is not installed: use `python fuzz/run.py http --engine random`")
-    atheris.Setup([os.environ.get("FUZZ_ARGV0", sys.argv[0]), *sys.argv[1:]], run_one)
-    atheris.Fuzz()
+    libfuzzer_main(atheris, "http", run_one)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from _common import (
     check_error,
     expect,
     expect_same,
+    libfuzzer_main,
     memory_bound,
     split,
 )
@@ -178,12 +179,7 @@ def TestOneInput(data: bytes) -> None:
 
 
 def main() -> None:
-    if atheris is None:
-        sys.exit("atheris is not installed: use `python fuzz/run.py session --engine random`")
-    # libFuzzer's -merge/-fork re-run argv[0]: run.py points it at an executable wrapper
-    argv = [os.environ.get("FUZZ_ARGV0", sys.argv[0]), *sys.argv[1:]]
-    atheris.Setup(argv, TestOneInput)
-    atheris.Fuzz()
+    libfuzzer_main(atheris, "session", TestOneInput)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from contextlib import nullcontext
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _common import OracleFailure, expect, memory_bound
+from _common import OracleFailure, expect, libfuzzer_main, memory_bound
 
 try:
     import atheris
@@ -106,11 +106,7 @@ def run_one(data: bytes) -> None:
 
 
 def main() -> None:
-    """libFuzzer's entry; -merge/-fork re-run argv[0], which run.py sets in FUZZ_ARGV0."""
-    if atheris is None:
-        sys.exit("atheris is not installed: use `python fuzz/run.py url --engine random`")
-    atheris.Setup([os.environ.get("FUZZ_ARGV0", sys.argv[0]), *sys.argv[1:]], run_one)
-    atheris.Fuzz()
+    libfuzzer_main(atheris, "url", run_one)
 
 
 if __name__ == "__main__":
