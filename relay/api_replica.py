@@ -27,7 +27,6 @@ import signal
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -206,58 +205,33 @@ class ForwardingIngressApi:
                             await self._link.call("delete", req.SerializeToString()))
 
 
-@dataclass(frozen=True)
-class ForwardedReply:
-    status: int
-    body: bytes
-    headers: tuple[tuple[str, str], ...]
-    content_type: str
+class ForwardingApp:
+    """The replica's ASGI app: Twirp calls to its own TwirpASGI (ListIngress answered
+    here, the writes forwarded as calls); every other request (WHIP, `/`,
+    `/availability`, `/metrics`, unknown paths) whole to the service process, whose
+    own app answers it, CORS, body limits and all."""
 
-
-class ForwardingWhip:
-    """The WHIP routes, answered by the service process (which owns the sessions)."""
-
-    def __init__(self, link: LinkClient) -> None:
-        self._link = link
-
-    async def handle(self, method: str, path: str, headers: dict[str, str], body: bytes
-                     ) -> ForwardedReply:
-        raw = [[k.encode("latin-1"), v.encode("latin-1")] for k, v in headers.items()]
-        try:
-            status, out_headers, out = await self._link.call("http", method, path, b"", raw,
-                                                             body, ["replica", 0])
-        except TwirpError as err:  # the service process is gone or failed
-            return ForwardedReply(err.status, f"{err.msg}\n".encode(), (), "text/plain")
-        content_type = ""
-        extra = []
-        for name, value in out_headers:
-            name = name.decode("latin-1").lower()
-            if name == "content-type":
-                content_type = value.decode("latin-1")
-            elif name != "content-length" and not name.startswith("access-control-"):
-                extra.append((name, value.decode("latin-1")))
-        return ForwardedReply(status, out, tuple(extra), content_type)
-
-
-class ForwardingFallback:
-    """ASGI app for what is neither Twirp nor WHIP (`/`, `/availability`, `/metrics`,
-    unknown paths): the service process answers."""
-
-    def __init__(self, link: LinkClient) -> None:
+    def __init__(self, twirp: TwirpServer, link: LinkClient) -> None:
+        self._twirp = TwirpASGI(twirp, fallback=self._forward)
         self._link = link
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        if scope["path"].startswith("/twirp/"):
+            await self._twirp(scope, receive, send)
+        else:
+            await self._forward(scope, receive, send)
+
+    async def _forward(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        # a body past WHIP_MAX_BODY is cut one byte beyond it: the service's app then
+        # refuses it as it would have the whole one, and the rest is read and dropped
         body = bytearray()
         while True:
             message = await receive()
             if message["type"] != "http.request":
                 return
-            body += message.get("body", b"")
-            if len(body) > WHIP_MAX_BODY:
-                await _reply(send, 413, b"body too large\n")
-                return
+            body += message.get("body", b"")[:WHIP_MAX_BODY + 1 - len(body)]
             if not message.get("more_body", False):
                 break
         client = list(scope.get("client") or ("", 0))
@@ -309,8 +283,7 @@ async def replica_main(listen_fd: int, link_fd: int) -> None:
             twirp = TwirpServer(ForwardingIngressApi(local, link),
                                 Authenticator({settings["api_key"]: settings["api_secret"]}),
                                 record=counts.record)
-            app = TwirpASGI(twirp, ForwardingFallback(link),
-                            ForwardingWhip(link) if settings["whip"] else None)
+            app = ForwardingApp(twirp, link)
             nursery.start_soon(counts.flush_forever, link)
             await nursery.start(H11Server(app).serve, socket.socket(fileno=listen_fd))
             log.info("api replica %d ready (pid %d)", settings["index"], os.getpid())

@@ -77,8 +77,8 @@ async def serve(config: Config,
         if config.api_processes > 1:
             await nursery.start(run_replicas, config.api_processes - 1, listener, {
                 "store": str(config.store_path), "api_key": config.api_key,
-                "api_secret": config.api_secret, "whip": whip is not None,
-                "log_level": log_level(config)}, ReplicaCalls(service, app))
+                "api_secret": config.api_secret, "log_level": log_level(config),
+            }, ReplicaCalls(service, app))
         ops_app = create_ops_app(status)
         health = prometheus = None
         if config.health_port > 0:

@@ -149,6 +149,12 @@ def test_the_replica_hands_on_whip_and_operations(replicated: ServiceProcess) ->
     status, body = api.http("POST", "/w/no-such-key", b"v=0\r\n",
                             {"Content-Type": "application/sdp"})
     assert status == 404 and b"stream key" in body.lower(), body
+    # an offer over WHIP's 64 KiB limit: refused as the service process refuses it
+    api.conn.request("POST", "/w/no-such-key", body=b"v=0\r\n" + b"a" * (70 << 10),
+                     headers={"Content-Type": "application/sdp"})
+    response = api.conn.getresponse()
+    assert (response.status, response.read()) == (413, b"body too large\n")
+    assert response.getheader("access-control-allow-origin") == "*"
     api.conn.request("OPTIONS", "/w/any")
     response = api.conn.getresponse()
     response.read()
@@ -264,7 +270,7 @@ async def test_link_calls_answers_refusals_and_a_gone_service() -> None:
     import trio
 
     from api.errors import TwirpError
-    from relay.api_replica import ForwardingFallback
+    from relay.api_replica import ForwardingApp
     from relay.replica_link import LinkClient, serve_link
 
     async def handle(op: str, args: list) -> object:
@@ -315,7 +321,7 @@ async def test_link_calls_answers_refusals_and_a_gone_service() -> None:
             sent.append(message)
 
         await trio.sleep(0.05)
-        await ForwardingFallback(client)({"type": "http", "method": "GET", "path": "/",
+        await ForwardingApp(None, client)({"type": "http", "method": "GET", "path": "/",
                                           "query_string": b"", "headers": []}, receive, send)
         assert sent[0]["status"] == 503
         assert sent[1]["body"] == b"the service process is not reachable\n"
