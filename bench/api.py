@@ -37,7 +37,8 @@ ROOMS = 100
 async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes,
                    body: bytes) -> tuple[bytes, bool]:
     """One call; returns the payload and whether the server closes the connection
-    (hypercorn does after keep_alive_max_requests, 1,000 by default)."""
+    (hypercorn does after keep_alive_max_requests, 1,000 by default; the service
+    no longer runs on it, but the bench keeps working against servers that do)."""
     writer.write(head + body)
     status_and_headers = await reader.readuntil(b"\r\n\r\n")
     length, close = 0, False
