@@ -1,10 +1,10 @@
 """The ingress participant in its LiveKit room, seen from trio.
 
-The livekit SDK is asyncio-only; this is the one place that reaches it, through
-trio-asyncio (callers must run inside `trio_asyncio.open_loop()`). SDK objects
-that bind the asyncio loop at construction (Room, AudioSource) are built inside
-that loop. `VideoSource.capture_frame` is a synchronous FFI call and is made
-straight from trio.
+The livekit SDK is asyncio-only; this is the one place that reaches it, on the
+worker's asyncio thread (callers must run inside `aio_thread.open_asyncio_thread()`).
+SDK objects that bind the asyncio loop at construction (Room, AudioSource) are
+built on that loop. The sources' `capture_frame` for video is a synchronous FFI
+call and is made straight from trio.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import trio_asyncio
-import trio_asyncio._base
 from livekit import rtc
 from livekit.protocol import models
 from livekit.rtc._proto.room_pb2 import (
@@ -24,29 +22,10 @@ from livekit.rtc._proto.room_pb2 import (
 )
 from livekit.rtc._proto.video_frame_pb2 import ENCODED_FRAME_DELTA, ENCODED_FRAME_KEY
 
+from . import aio_thread
+
 log = logging.getLogger(__name__)
 
-
-def _allow_negative_call_later() -> None:
-    """asyncio treats a negative `call_later` delay as "now"; trio-asyncio asserts on it.
-
-    The SDK's AudioSource computes its queue-release delay by subtraction, which on a
-    busy machine comes out a hair below zero (seen: -0.0019 s), and the assertion
-    then killed the session. Clamp to asyncio's semantics, here at the edge.
-    """
-    loop_class = trio_asyncio._base.BaseTrioEventLoop
-    original = loop_class.call_later
-    if getattr(original, "_clamps_negative", False):
-        return
-
-    def call_later(self: Any, delay: float, callback: Any, *args: Any, **context: Any) -> Any:
-        return original(self, max(delay, 0.0), callback, *args, **context)
-
-    call_later._clamps_negative = True  # type: ignore[attr-defined]
-    loop_class.call_later = call_later  # type: ignore[method-assign]
-
-
-_allow_negative_call_later()
 
 _ENCODED_CODECS = {"h264": rtc.VideoCodec.H264, "vp8": rtc.VideoCodec.VP8}
 AUDIO_QUEUE_MS = 100  # the SDK's default (1 s) would let audio latency grow that far
@@ -86,6 +65,10 @@ async def _new_room() -> rtc.Room:
     return rtc.Room()
 
 
+async def _room_sid(room: rtc.Room) -> str:
+    return await room.sid  # a property that waits for the server's answer
+
+
 async def _new_audio_source(rate: int, channels: int) -> rtc.AudioSource:
     return rtc.AudioSource(rate, channels, queue_size_ms=AUDIO_QUEUE_MS)
 
@@ -104,15 +87,15 @@ class RoomPublisher:
         self.room_sid = ""
 
     async def connect(self, ws_url: str, token: str) -> None:
-        self._room = await trio_asyncio.aio_as_trio(_new_room)()
+        self._room = await aio_thread.call(_new_room)
 
         @self._room.on("local_track_subscribed")
         def subscribed(track: Any) -> None:
             if isinstance(track, rtc.LocalVideoTrack):
                 self._new_video_subscriber = True
         try:
-            await trio_asyncio.aio_as_trio(self._room.connect)(ws_url, token)
-            self.room_sid = await trio_asyncio.aio_as_trio(self._room.sid)
+            await aio_thread.call(self._room.connect, ws_url, token)
+            self.room_sid = await aio_thread.call(_room_sid, self._room)
         except Exception as exc:  # the SDK raises its own ConnectError and others
             raise PublishError(f"cannot join the room at {ws_url}: {exc}") from exc
         log.info("joined room %s as %s", self._room.name,
@@ -181,7 +164,7 @@ class RoomPublisher:
     async def publish_audio(self, sample_rate: int, channels: int, *, name: str,
                             source: int, max_bitrate: int, dtx: bool) -> PublishedTrack:
         assert self._room is not None
-        self._audio = await trio_asyncio.aio_as_trio(_new_audio_source)(sample_rate, channels)
+        self._audio = await aio_thread.call(_new_audio_source, sample_rate, channels)
         track = rtc.LocalAudioTrack.create_audio_track(name or "audio", self._audio)
         options = rtc.TrackPublishOptions(
             source=_SOURCES.get(source, rtc.TrackSource.SOURCE_MICROPHONE), dtx=dtx,
@@ -195,7 +178,7 @@ class RoomPublisher:
     async def capture_audio(self, pcm: bytes, sample_rate: int, channels: int) -> None:
         assert self._audio is not None
         frame = rtc.AudioFrame(pcm, sample_rate, channels, len(pcm) // (2 * channels))
-        await trio_asyncio.aio_as_trio(self._audio.capture_frame)(frame)
+        await aio_thread.call(self._audio.capture_frame, frame)
 
     async def _publish_video(self, track: rtc.LocalVideoTrack,
                              options: rtc.TrackPublishOptions, width: int, height: int,
@@ -211,8 +194,8 @@ class RoomPublisher:
                        ) -> rtc.LocalTrackPublication:
         assert self._room is not None
         try:
-            return await trio_asyncio.aio_as_trio(self._room.local_participant.publish_track)(
-                track, options)
+            return await aio_thread.call(self._room.local_participant.publish_track, track,
+                                        options)
         except Exception as exc:
             raise PublishError(f"cannot publish track {track.name}: {exc}") from exc
 
@@ -221,6 +204,6 @@ class RoomPublisher:
         room, self._room = self._room, None
         if room is not None:
             try:
-                await trio_asyncio.aio_as_trio(room.disconnect)()
+                await aio_thread.call(room.disconnect)
             except Exception:  # leaving must not mask why we are leaving
                 log.exception("error while leaving the room")

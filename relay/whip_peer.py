@@ -1,8 +1,9 @@
 """The WHIP publisher's peer connection (aiortc), inside a session worker.
 
-aiortc is asyncio-only; like the LiveKit SDK it is reached through trio-asyncio and
-only from here (callers run inside `trio_asyncio.open_loop()`). What comes out is
-plain data on trio channels:
+aiortc is asyncio-only; like the LiveKit SDK it runs on the worker's asyncio thread
+and is reached only from here (callers run inside `aio_thread.open_asyncio_thread()`).
+RTP, RTCP, ICE and DTLS stay on that thread; what comes out is plain data on trio
+channels:
 
 * passthrough: every complete encoded video frame (`EncodedPicture`, H.264 Annex B
   or VP8) as aiortc's jitter buffer assembles it, without decoding;
@@ -24,11 +25,12 @@ from typing import Any
 
 import av
 import trio
-import trio_asyncio
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.sdp import candidate_from_sdp
+
+from . import aio_thread
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +113,14 @@ class WhipPeer:
         self._video_receiver: RTCRtpReceiver | None = None
         self._video_ssrc = 0
         self._tracks: list[Any] = []
+        self._edge = aio_thread.current()
 
     # -- signalling ----------------------------------------------------------------
 
     async def answer(self, offer_sdp: str) -> str:
         """Take the publisher's offer; the answer with our ICE candidates in it."""
         try:
-            return await trio_asyncio.aio_as_trio(self._answer)(offer_sdp)
+            return await aio_thread.call(self._answer, offer_sdp)
         except PeerFailed:
             raise
         except Exception as exc:
@@ -152,7 +155,7 @@ class WhipPeer:
         state = self._pc.connectionState
         log.info("WHIP peer connection %s", state)
         if state in ("failed", "closed"):
-            self._end(f"peer connection {state}")
+            self._edge.to_trio(self._end, f"peer connection {state}")
 
     def _end(self, reason: str) -> None:
         if not self.ended.is_set():
@@ -165,42 +168,43 @@ class WhipPeer:
         name = codec.name.lower()
         picture = EncodedPicture(name, bytes(frame.data), is_keyframe(name, frame.data),
                                  frame.timestamp * 1_000_000 // RTP_VIDEO_CLOCK)
+        self._edge.to_trio(self._deliver, "video", picture)
+
+    def _deliver(self, kind: str, frame: Any) -> None:
+        """In trio: one frame onto its channel, dropped if the consumer is that far behind."""
+        send = self._audio_send if kind == "audio" else self._video_send
         try:
-            self._video_send.send_nowait(picture)
+            send.send_nowait(frame)
         except trio.WouldBlock:
-            self.dropped_video += 1
+            if kind == "video":
+                self.dropped_video += 1
+            else:  # the consumer is seconds behind: drop rather than block
+                log.warning("WHIP audio queue full: dropping a frame")
+        except trio.ClosedResourceError:
+            pass  # the session is ending
 
     async def pump(self) -> None:
         """Move decoded frames from aiortc's tracks to the channels until they end."""
+        tracks = [t for t in self._tracks if t.kind == "audio" or not self.passthrough]
         async with trio.open_nursery() as nursery:
-            for track in self._tracks:
-                if track.kind == "audio":
-                    nursery.start_soon(self._pump_track, track, self._audio_send)
-                elif not self.passthrough:
-                    nursery.start_soon(self._pump_track, track, self._video_send)
+            for track in tracks:
+                nursery.start_soon(aio_thread.call, self._pump_track, track)
             await self.ended.wait()
             nursery.cancel_scope.cancel()
 
-    async def _pump_track(self, track: Any, send: trio.MemorySendChannel) -> None:
-        recv = trio_asyncio.aio_as_trio(track.recv)
+    async def _pump_track(self, track: Any) -> None:
+        """On the asyncio thread: each decoded frame of one track to trio."""
         while True:
             try:
-                frame = await recv()
+                frame = await track.recv()
             except MediaStreamError:
-                self._end(f"{track.kind} track ended")
+                self._edge.to_trio(self._end, f"{track.kind} track ended")
                 return
-            try:
-                send.send_nowait(frame)
-            except trio.WouldBlock:
-                if track.kind == "video":
-                    self.dropped_video += 1
-                # audio: the consumer is seconds behind; drop the oldest rather than block
-                else:
-                    log.warning("WHIP audio queue full: dropping a frame")
+            self._edge.to_trio(self._deliver, track.kind, frame)
 
     async def add_remote_candidates(self, candidates: tuple[tuple[str, str], ...]) -> int:
         """Candidates the publisher trickled after its offer; how many were taken."""
-        return await trio_asyncio.aio_as_trio(self._add_candidates)(candidates)
+        return await aio_thread.call(self._add_candidates, candidates)
 
     async def _add_candidates(self, candidates: tuple[tuple[str, str], ...]) -> int:
         if self._pc is None:
@@ -222,7 +226,7 @@ class WhipPeer:
         ssrc = self._remote_video_ssrc()
         log.info("keyframe request: PLI to ssrc %s", ssrc or "(none known yet)")
         if receiver is not None and ssrc:
-            await trio_asyncio.aio_as_trio(receiver._send_rtcp_pli)(ssrc)
+            await aio_thread.call(receiver._send_rtcp_pli, ssrc)
 
     def _remote_video_ssrc(self) -> int:
         """The publisher's video SSRC, not its RTX one: a PLI naming the RTX stream is
@@ -240,5 +244,5 @@ class WhipPeer:
     async def close(self) -> None:
         if self._pc is not None:
             pc, self._pc = self._pc, None
-            await trio_asyncio.aio_as_trio(pc.close)()
+            await aio_thread.call(pc.close)
         self._end("closed")

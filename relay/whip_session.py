@@ -23,8 +23,8 @@ import random
 from typing import Any
 
 import trio
-import trio_asyncio
 
+from . import aio_thread
 from .passthrough import EncodedVideoOutput
 from .publisher import PublishError
 from .whip_peer import EncodedPicture, PeerFailed, WhipPeer
@@ -231,9 +231,9 @@ async def run_whip(start: Start, reader: MessageReader, stdin: trio.abc.ReceiveS
     session = Session(start, stdout)
     whip: WhipSession | None = None
     failed = False
-    async with trio_asyncio.open_loop() as loop:
+    async with aio_thread.open_asyncio_thread() as edge:
         if start.ice_ports != (0, 0):
-            bind_in_port_range(loop, *start.ice_ports)
+            bind_in_port_range(edge.loop, *start.ice_ports)
         try:
             whip = WhipSession(session, start, reader, stdin)
             await whip.run()

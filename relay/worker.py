@@ -21,12 +21,12 @@ from typing import Any
 
 import av
 import trio
-import trio_asyncio
 from livekit.protocol import ingress as pb
 from livekit.protocol import models
 
 import rtmp
 
+from . import aio_thread
 from .decode import AudioDecoder, DecodeError, VideoDecoder
 from .layers import (
     AudioEncoding,
@@ -427,7 +427,7 @@ async def run(stdin: trio.abc.ReceiveStream, stdout: trio.abc.SendStream) -> int
 
         pull = UrlPull(session, start.url)
     failed = False
-    async with trio_asyncio.open_loop():
+    async with aio_thread.open_asyncio_thread():
         try:
             async with trio.open_nursery() as joining:  # open a URL while joining the room
                 if pull is not None:
