@@ -21,7 +21,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 from livekit.protocol import ingress as pb
@@ -36,12 +36,13 @@ from .admission import CAPACITY_EXCEEDED, Admission, Promise
 from .pipeline import apply_reports
 from .sessions import SessionRegistry, write_final_state
 from .tokens import participant_token
-from .wire import RemoteCandidates, Start
+from .wire import IceRestart, RemoteCandidates, Start
 from .worker_client import SessionWorker, open_session_worker
 
 log = logging.getLogger(__name__)
 
 ANSWER_TIMEOUT = 10.0  # the worker's answer to an offer
+ICE_RESTART_TIMEOUT = 5.0  # the worker's new ICE credentials after a restart PATCH
 MAX_OFFER_BYTES = 64 * 1024
 
 
@@ -152,7 +153,7 @@ class WhipIngest:
 
     async def patch(self, key: str, resource_id: str, headers: dict[str, str],
                     body: bytes) -> HttpReply:
-        """Trickled candidates go to the session's worker; ICE restart is refused."""
+        """Trickled candidates and ICE restarts go to the session's worker."""
         live = self._live.get(resource_id)
         if live is None or live.key != key:
             return _error(404, "no such WHIP session")
@@ -166,14 +167,32 @@ class WhipIngest:
             update = whip.parse_trickle(body)
         except whip.WhipOfferError as exc:
             return _error(exc.status, exc.message)
+        candidates = tuple((c.mid or "", c.raw) for c in update.candidates)
         if update.is_ice_restart(live.ufrag):
-            return _error(405, "ICE restart is not supported: DELETE this session and POST "
-                          "a new offer")
+            assert update.ice_ufrag is not None and update.ice_pwd is not None
+            return await self._restart_ice(resource_id, live, IceRestart(
+                update.ice_ufrag, update.ice_pwd, candidates, update.end_of_candidates))
         if update.candidates or update.end_of_candidates:
-            await live.worker.send(RemoteCandidates(
-                tuple((c.mid or "", c.raw) for c in update.candidates),
-                update.end_of_candidates))
+            await live.worker.send(RemoteCandidates(candidates, update.end_of_candidates))
         return HttpReply(204)
+
+    async def _restart_ice(self, resource_id: str, live: _LiveWhip, restart: IceRestart
+                           ) -> HttpReply:
+        """RFC 9725 section 4.3.2: 200 with our new credentials and a new ETag; the
+        publisher's new ufrag is the session's from now on."""
+        answer = await live.worker.restart_ice(restart, ICE_RESTART_TIMEOUT)
+        if answer is None:
+            return _error(503, "the session did not answer the ICE restart; try again, or "
+                          "DELETE it and POST a new offer")
+        if not answer.ufrag:
+            return _error(422, f"ICE restart is not possible: {answer.error}")
+        fragment = f"a=ice-ufrag:{answer.ufrag}\r\na=ice-pwd:{answer.pwd}\r\n"
+        etag = _etag(fragment)
+        if self._live.get(resource_id) is live:
+            self._live[resource_id] = replace(live, etag=etag, ufrag=restart.ufrag)
+        log.info("whip session %s: ICE restarted", resource_id)
+        return HttpReply(200, fragment.encode(), (("etag", etag),),
+                         "application/trickle-ice-sdpfrag")
 
     # -- sessions --------------------------------------------------------------------
 

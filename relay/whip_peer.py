@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -219,6 +220,39 @@ class WhipPeer:
             except (ValueError, IndexError) as exc:  # e.g. an mDNS name aioice cannot use
                 log.info("ICE candidate %r not added: %s", line, exc)
         return added
+
+    async def restart_ice(self, ufrag: str, pwd: str) -> tuple[str, str]:
+        """The publisher's new ICE credentials in; our new ones (ufrag, pwd) out."""
+        return await aio_thread.call(self._restart_ice, ufrag, pwd)
+
+    async def _restart_ice(self, ufrag: str, pwd: str) -> tuple[str, str]:
+        """An ICE restart in place (RFC 8445 section 9, RFC 9725 section 4.3.2).
+
+        aiortc has no ICE restart; its agent, aioice, checks every STUN request
+        against the current credentials and signs its own checks and consent
+        requests with them, so swapping both sides' credentials restarts ICE without
+        a new DTLS handshake: the publisher's checks with the new ones succeed and
+        nominate a pair again (the old pair carries media meanwhile; a pair on new
+        addresses is learned as peer-reflexive, as after the first offer)."""
+        connection = self._ice_connection()
+        new_ufrag, new_pwd = secrets.token_hex(4), secrets.token_hex(16)
+        connection._local_username, connection._local_password = new_ufrag, new_pwd
+        connection.remote_username, connection.remote_password = ufrag, pwd
+        log.info("ICE restart: local ufrag %s, the publisher's %s", new_ufrag, ufrag)
+        return new_ufrag, new_pwd
+
+    def _ice_connection(self) -> Any:
+        """aioice's connection under the (bundled) transport, checked to be one it knows."""
+        for transceiver in self._pc.getTransceivers() if self._pc is not None else ():
+            dtls = transceiver.receiver.transport
+            connection = getattr(getattr(dtls, "transport", None), "_connection", None)
+            if connection is not None:
+                if not all(hasattr(connection, name) for name in (
+                        "_local_username", "_local_password", "remote_username",
+                        "remote_password")):
+                    raise PeerFailed("this aioice version cannot restart ICE")
+                return connection
+        raise PeerFailed("no ICE transport to restart")
 
     async def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe (RTCP PLI), e.g. for a new subscriber."""

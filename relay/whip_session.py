@@ -30,6 +30,8 @@ from .publisher import PublishError
 from .whip_peer import EncodedPicture, PeerFailed, WhipPeer
 from .wire import (
     EndOfStream,
+    IceCredentials,
+    IceRestart,
     MessageReader,
     RemoteCandidates,
     Start,
@@ -154,6 +156,9 @@ class WhipSession:
             for message in self.reader:
                 if isinstance(message, EndOfStream):
                     return message
+                if isinstance(message, IceRestart):
+                    await self.session.report(await self.restart_ice(message))
+                    continue
                 if isinstance(message, RemoteCandidates):
                     added = await self.peer.add_remote_candidates(message.candidates)
                     log.info("trickled ICE candidates: %d of %d added%s", added,
@@ -161,6 +166,17 @@ class WhipSession:
                              else "")
                     continue
                 raise WireError(f"unexpected {type(message).__name__} during a WHIP session")
+
+    async def restart_ice(self, restart: IceRestart) -> IceCredentials:
+        try:
+            ufrag, pwd = await self.peer.restart_ice(restart.ufrag, restart.pwd)
+        except PeerFailed as exc:
+            log.warning("ICE restart refused: %s", exc)
+            return IceCredentials("", "", str(exc))
+        if restart.candidates:
+            added = await self.peer.add_remote_candidates(restart.candidates)
+            log.info("ICE restart: %d of %d candidates added", added, len(restart.candidates))
+        return IceCredentials(ufrag, pwd)
 
     async def watch_media(self) -> None:
         while True:

@@ -59,6 +59,30 @@ class RemoteCandidates:
 
 
 @dataclass(frozen=True)
+class IceRestart:
+    """Front -> worker: the WHIP publisher restarts ICE (PATCH with new credentials).
+
+    The worker takes the publisher's new ufrag and password, makes its own, and
+    answers with `IceCredentials`; `candidates` and `end` as in `RemoteCandidates`.
+    """
+
+    ufrag: str
+    pwd: str
+    candidates: tuple[tuple[str, str], ...] = ()
+    end: bool = False
+
+
+@dataclass(frozen=True)
+class IceCredentials:
+    """Worker -> front: the worker's new ICE credentials after an `IceRestart`
+    (empty when it could not restart: `error` says why)."""
+
+    ufrag: str
+    pwd: str
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class WhipAnswer:
     """Worker -> front: the SDP answer to a WHIP offer (the front returns it in 201)."""
 
@@ -90,12 +114,13 @@ class StateReport:
     drops: dict[str, int] = field(default_factory=dict)  # what the worker dropped, by why
 
 
-Message = (Start | EndOfStream | StateReport | WhipAnswer | RemoteCandidates
+Message = (Start | EndOfStream | StateReport | WhipAnswer | RemoteCandidates | IceRestart
+           | IceCredentials
            | rtmp.VideoConfig | rtmp.VideoFrame | rtmp.AudioConfig | rtmp.AudioFrame)
 
 _TAGS: dict[type, str] = {
     Start: "start", EndOfStream: "end", StateReport: "state", WhipAnswer: "answer",
-    RemoteCandidates: "cands",
+    RemoteCandidates: "cands", IceRestart: "restart", IceCredentials: "creds",
     rtmp.VideoConfig: "vc", rtmp.VideoFrame: "v", rtmp.AudioConfig: "ac", rtmp.AudioFrame: "a",
 }
 
@@ -123,6 +148,10 @@ def _fields(message: Any) -> list[Any]:
         return [message.sdp]
     if isinstance(message, RemoteCandidates):
         return [[list(c) for c in message.candidates], message.end]
+    if isinstance(message, IceRestart):
+        return [message.ufrag, message.pwd, [list(c) for c in message.candidates], message.end]
+    if isinstance(message, IceCredentials):
+        return [message.ufrag, message.pwd, message.error]
     if isinstance(message, EndOfStream):
         return [message.reason, message.drain]
     raise TypeError(f"not a wire message: {type(message).__name__}")
@@ -168,6 +197,13 @@ def _build(item: Any) -> Message:
         if tag == "cands":
             candidates, end = args
             return RemoteCandidates(tuple((str(m), str(c)) for m, c in candidates), bool(end))
+        if tag == "restart":
+            ufrag, pwd, candidates, end = args
+            return IceRestart(str(ufrag), str(pwd),
+                              tuple((str(m), str(c)) for m, c in candidates), bool(end))
+        if tag == "creds":
+            ufrag, pwd, error = args
+            return IceCredentials(str(ufrag), str(pwd), str(error))
         if tag == "end":
             reason, drain = args
             return EndOfStream(reason, drain)

@@ -38,7 +38,15 @@ from .layers import (
 )
 from .picture import I420Packer
 from .publisher import PublishError, RoomPublisher
-from .wire import EndOfStream, MessageReader, Start, StateReport, WhipAnswer, WireError, encode
+from .wire import (
+    EndOfStream,
+    Message,
+    MessageReader,
+    Start,
+    StateReport,
+    WireError,
+    encode,
+)
 
 log = logging.getLogger("relay.worker")
 
@@ -267,7 +275,7 @@ class Session:
         self.video_lag = LagGate(MAX_VIDEO_LAG_MS)
         self.audio_lag = LagGate(MAX_AUDIO_LAG_MS)
 
-    async def report(self, report: StateReport | WhipAnswer) -> None:
+    async def report(self, report: Message) -> None:
         async with self._send_lock:
             await self._out.send_all(encode(report))
 

@@ -23,6 +23,8 @@ import trio
 from .trio_util import unwrap_single_exception
 from .wire import (
     EndOfStream,
+    IceCredentials,
+    IceRestart,
     Message,
     MessageReader,
     Start,
@@ -46,6 +48,8 @@ class SessionWorker:
         self.exited = trio.Event()
         self.answer: str | None = None  # WHIP: the worker's SDP answer
         self.answered = trio.Event()
+        self._ice_send, self._ice_answers = trio.open_memory_channel[IceCredentials](1)
+        self._ice_lock = trio.Lock()
 
     drain = True  # False: leave the room at once (delete, update, takeover, failure)
     # We killed it, after the session was over, for exiting too slowly (a busy machine):
@@ -61,6 +65,21 @@ class SessionWorker:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
 
+    async def restart_ice(self, restart: IceRestart, timeout: float) -> IceCredentials | None:
+        """Send a WHIP ICE restart; the worker's new credentials, or None when it did
+        not answer in time (or is gone). One restart at a time."""
+        async with self._ice_lock:
+            while True:  # an answer that came after an earlier restart's timeout
+                try:
+                    self._ice_answers.receive_nowait()
+                except trio.WouldBlock:
+                    break
+            if not await self.send(restart):
+                return None
+            with trio.move_on_after(timeout):
+                return await self._ice_answers.receive()
+            return None
+
     async def _read_reports(self) -> None:
         assert self.process.stdout is not None
         reader = MessageReader()
@@ -72,6 +91,10 @@ class SessionWorker:
                         if isinstance(message, WhipAnswer):
                             self.answer = message.sdp
                             self.answered.set()
+                        elif isinstance(message, IceCredentials):
+                            # dropped when full: an answer nobody waits for any more
+                            with contextlib.suppress(trio.WouldBlock):
+                                self._ice_send.send_nowait(message)
                         elif isinstance(message, StateReport):
                             if message.status == "error" and not self.failure:
                                 self.failure = message.error

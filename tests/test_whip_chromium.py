@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -52,6 +53,7 @@ PAGE = """<!doctype html>
 <title>WHIP publisher</title>
 <script>
 const whip = new URLSearchParams(location.search).get("whip");
+const restart = new URLSearchParams(location.search).has("restart");
 const sleep = ms => new Promise(done => setTimeout(done, ms));
 
 function report(step, data = {}) {
@@ -94,6 +96,54 @@ async function sending(pc) {
   return out;
 }
 
+// the ICE side of the transport: credentials, state and the selected pair's checks
+async function ice(pc) {
+  const stats = await pc.getStats();
+  let out = null;
+  stats.forEach(s => {
+    if (s.type !== "transport") return;
+    const pair = s.selectedCandidatePairId && stats.get(s.selectedCandidatePairId);
+    out = {ufrag: s.iceLocalUsernameFragment, state: s.iceState,
+           changes: s.selectedCandidatePairChanges,
+           pair: pair && {id: pair.id, state: pair.state, nominated: pair.nominated,
+                          requestsSent: pair.requestsSent,
+                          responsesReceived: pair.responsesReceived,
+                          requestsReceived: pair.requestsReceived,
+                          responsesSent: pair.responsesSent}};
+  });
+  return out;
+}
+
+// RFC 9725 section 4.3.2, as a WHIP client does it: new credentials by PATCH, the
+// server's new ones into the remote description, then ICE runs again
+async function restartIce(pc, resource, answer) {
+  const before = await ice(pc);
+  pc.restartIce();
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription(offer);
+  const ufrag = /a=ice-ufrag:(\\S+)/.exec(offer.sdp)[1];
+  const pwd = /a=ice-pwd:(\\S+)/.exec(offer.sdp)[1];
+  const reply = await fetch(new URL(resource, whip), {
+    method: "PATCH", body: `a=ice-ufrag:${ufrag}\\r\\na=ice-pwd:${pwd}\\r\\n`,
+    headers: {"Content-Type": "application/trickle-ice-sdpfrag", "If-Match": "*"}});
+  const body = await reply.text();
+  const result = {status: reply.status, body, etag: reply.headers.get("ETag"), ufrag, before};
+  if (reply.status === 200) {
+    const theirs = /a=ice-ufrag:(\\S+)/.exec(body)[1], theirPwd = /a=ice-pwd:(\\S+)/.exec(body)[1];
+    await pc.setRemoteDescription({type: "answer", sdp: answer
+      .replace(/a=ice-ufrag:\\S+/g, `a=ice-ufrag:${theirs}`)
+      .replace(/a=ice-pwd:\\S+/g, `a=ice-pwd:${theirPwd}`)});
+    for (let i = 0; i < 60; i++) {  // until a pair of the new generation carries media
+      result.after = await ice(pc);
+      const pair = result.after.pair;
+      if (result.after.ufrag === ufrag && pair && pair.id !== before.pair.id
+          && pair.responsesReceived > 0) break;
+      await sleep(250);
+    }
+  }
+  await report("restart", result);
+}
+
 async function main() {
   const stream = await navigator.mediaDevices.getUserMedia(
     {video: {width: 640, height: 480}, audio: true});
@@ -130,6 +180,13 @@ async function main() {
   (async () => {
     while (!released) released = (await fetch("/release")).status === 200;
   })().catch(e => report("error", {message: String(e)}));
+  if (restart) {
+    (async () => {
+      while (pc.connectionState !== "connected") await sleep(100);
+      await sleep(3000);
+      await restartIce(pc, resource, answer);
+    })().catch(e => report("error", {message: String(e && e.stack || e)}));
+  }
   while (!released) {
     await report("stats", await sending(pc));
     await sleep(250);
@@ -186,8 +243,10 @@ class PublisherPage:
         self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def url(self, whip_url: str) -> str:
-        return f"{self.origin}/?whip={quote(whip_url, safe='')}"
+    def url(self, whip_url: str, *, restart_ice: bool = False) -> str:
+        """The page publishing to `whip_url` (and restarting ICE 3 s after connecting)."""
+        return f"{self.origin}/?whip={quote(whip_url, safe='')}" + (
+            "&restart" if restart_ice else "")
 
     def __enter__(self) -> PublisherPage:
         self.thread.start()
@@ -348,17 +407,25 @@ def until(condition: Callable[[], Any], what: str, timeout: float = 20) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_chromium_publishes_over_whip(whip_service: ServiceProcess,  # noqa: F811
-                                      livekit: LiveKitServer, tmp_path: Path) -> None:
-    room, identity = "whip-chromium", "chromium"
-    info = create_whip(whip_service, room, identity)
-    whip_url = endpoint(whip_service, info.stream_key)
+def viewer_in(livekit: LiveKitServer, room: str, identity: str
+              ) -> tuple[threading.Thread, list[Any]]:
+    """A viewer in `room` (joined when this returns) until `identity` leaves; what it
+    saw lands in the list when the thread ends."""
     seen: list[Any] = []
     viewer = threading.Thread(target=lambda: seen.append(
         watch(livekit.url, room, 90.0, until_left=identity)))
     viewer.start()
     # a room with a viewer waiting for the browser to go live
     until(lambda: "viewer" in in_room(livekit, room), "the viewer to join", 30)
+    return viewer, seen
+
+
+def test_chromium_publishes_over_whip(whip_service: ServiceProcess,  # noqa: F811
+                                      livekit: LiveKitServer, tmp_path: Path) -> None:
+    room, identity = "whip-chromium", "chromium"
+    info = create_whip(whip_service, room, identity)
+    whip_url = endpoint(whip_service, info.stream_key)
+    viewer, seen = viewer_in(livekit, room, identity)
 
     with PublisherPage() as page, chromium(tmp_path, page.url(whip_url)) as browser:
         answer = page.step("answer", 60, browser.gone)
@@ -420,3 +487,50 @@ def test_chromium_publishes_over_whip(whip_service: ServiceProcess,  # noqa: F81
     assert width >= 640 and height >= 480, sizes
     assert sum(sizes.values()) >= SEND_FRAMES // 2, sizes
     assert got.fps() >= 8, got.fps()  # the fake camera runs at 20 fps
+
+
+def test_chromium_restarts_ice_over_whip(whip_service: ServiceProcess,  # noqa: F811
+                                         livekit: LiveKitServer, tmp_path: Path) -> None:
+    """Chromium restarts ICE 3 s into a session (restartIce(), its new credentials by
+    PATCH, ours into its remote description): it selects a pair of the new
+    generation, checked with our new credentials, and the room keeps getting video."""
+    room, identity = "whip-ice-restart", "chromium-restart"
+    info = create_whip(whip_service, room, identity)
+    whip_url = endpoint(whip_service, info.stream_key)
+    viewer, seen = viewer_in(livekit, room, identity)
+
+    with PublisherPage() as page, chromium(tmp_path, page.url(whip_url, restart_ice=True)
+                                           ) as browser:
+        answer = page.step("answer", 60, browser.gone)
+        assert answer["status"] == 201, answer
+        restart = page.step("restart", 60, browser.gone)
+        restarted_at = restart["at"]
+        sent = page.wait(lambda e: e["step"] == "stats" and e["at"] > restarted_at + 4,
+                         "stats 4 s after the restart", 30, browser.gone)
+        page.released.set()
+        deleted = page.step("deleted", 20, browser.gone)
+        viewer.join()
+        wait_for(whip_service, info.ingress_id, pb.IngressState.ENDPOINT_INACTIVE)
+
+    # the PATCH: our new credentials and a new ETag
+    assert restart["status"] == 200, restart
+    ours = re.fullmatch(r"a=ice-ufrag:(\S+)\r\na=ice-pwd:(\S+)\r\n", restart["body"])
+    assert ours and f"a=ice-ufrag:{ours[1]}" not in answer["sdp"], (restart, answer["sdp"])
+    assert restart["etag"] and restart["etag"] != answer["etag"], restart
+    # Chromium's ICE ran again, with its new credentials, on a new pair that our agent
+    # answered: STUN responses are signed with our new password, or Chromium drops them
+    before, after = restart["before"], restart["after"]
+    assert after["ufrag"] == restart["ufrag"] != before["ufrag"], restart
+    assert after["state"] == "connected" and after["pair"]["id"] != before["pair"]["id"], (
+        restart)
+    assert after["pair"]["state"] == "succeeded" and after["pair"]["responsesReceived"] > 0, (
+        restart)
+    # and our agent checked the new pair too, signed with Chromium's new password
+    assert after["pair"]["responsesSent"] > 0, restart
+    assert deleted["status"] == 200, deleted
+    assert f"ICE restart: local ufrag {ours[1]}" in whip_service.log()
+
+    # media went on: Chromium kept sending, the room kept receiving
+    (got,) = seen
+    late = [t for t in got.video_times if t > restarted_at + 1]
+    assert len(late) >= 40, (len(got.video_times), len(late), sent["video"])

@@ -195,14 +195,21 @@ def test_whip_transcoding_reencodes_into_the_preset(whip_service: ServiceProcess
     assert sorted(got.audio_rms)[len(got.audio_rms) // 2] > 1000, "the tone did not arrive"
 
 
-def test_whip_trickle_patch_and_refused_ice_restart(whip_service: ServiceProcess) -> None:
+def test_whip_trickle_patch_and_ice_restart_answer(whip_service: ServiceProcess) -> None:
     """Candidates left out of the offer arrive by PATCH (204) and reach the worker;
-    an ICE restart is refused (405), a stale If-Match too (412)."""
+    an ICE restart (new credentials) gets the worker's new ones and a new ETag (200;
+    Chromium restarting for real: tests/test_whip_chromium.py); a stale If-Match is
+    refused (412)."""
     info = create_whip(whip_service, "whip-trickle", "pub-trickle")
     result = run_asyncio(whip_client.publish(endpoint(whip_service, info.stream_key),
                                              seconds=2, trickle=True))
     assert result.status == 201 and result.connected, result
-    assert result.patch_statuses == [204, 405, 412], result.patch_statuses
+    assert result.patch_statuses == [204, 200, 412], result.patch_statuses
+    body, etag = result.restart_reply
+    ufrag, pwd = re.fullmatch(r"a=ice-ufrag:(\S+)\r\na=ice-pwd:(\S+)\r\n", body).groups()
+    assert len(ufrag) >= 4 and len(pwd) >= 22 and f"a=ice-ufrag:{ufrag}" not in result.answer
+    assert etag and etag != result.etag
+    assert re.search(r"ICE restart: local ufrag \w+, the publisher's new", whip_service.log())
     assert re.search(r"trickled ICE candidates: [1-9]\d* of [1-9]\d* added, end of "
                      r"candidates", whip_service.log())
 

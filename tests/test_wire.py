@@ -16,6 +16,12 @@ MESSAGES = [
           ice_ports=(50000, 50099)),
     Start("ws://127.0.0.1:7880", "jwt", b"", url="https://media.example/show.m3u8"),
     wire.WhipAnswer("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"),
+    wire.RemoteCandidates((("0", "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host"),),
+                          end=True),
+    wire.IceRestart("Ab12", "pwd-of-twenty-two-chars", (("0", "candidate:2 1 udp 1 ::1 9 "
+                                                          "typ host"),)),
+    wire.IceCredentials("cd34ef56", "0123456789abcdef0123456789abcdef"),
+    wire.IceCredentials("", "", error="no ICE transport"),
     rtmp.VideoConfig(codec="h264", config=b"\x01\x42", dts=0, pts=0, record_type="avcC"),
     rtmp.VideoConfig(codec="h264", config=b"\x01\x42", dts=0, pts=0, record_type="avcC",
                      nal_length_size=4, parameter_sets=(b"\x67\x42", b"\x68\xce")),

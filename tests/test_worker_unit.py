@@ -1,4 +1,5 @@
-"""Worker pieces that need no room: the frame-rate limiter."""
+"""Worker pieces that need no room: the frame-rate limiter, the lag gate, and the
+front's side of a WHIP ICE restart."""
 
 from __future__ import annotations
 
@@ -44,3 +45,48 @@ def test_lag_gate_skips_pictures_far_behind_the_newest_arrival() -> None:
     assert gate.skipped == 1
     gate.observe(40)  # the encoder restarted: its clock went back
     assert gate.newest == 40 and gate.admit(0)
+
+
+# A stand-in session worker for the front's side of an ICE restart: it answers the
+# first IceRestart late (after the front gave up), the second at once, then exits.
+FAKE_WORKER = """
+import sys, time
+from relay.wire import IceCredentials, IceRestart, MessageReader, encode
+reader, answered = MessageReader(), 0
+while data := sys.stdin.buffer.read1(65536):
+    reader.receive_data(data)
+    for message in reader:
+        assert isinstance(message, IceRestart), message
+        if answered == 0:
+            time.sleep(0.6)
+        answered += 1
+        sys.stdout.buffer.write(encode(IceCredentials(f"late{answered}" if answered == 1
+                                                      else message.ufrag[::-1], "p" * 22)))
+        sys.stdout.buffer.flush()
+        if answered == 2:
+            sys.exit(0)
+"""
+
+
+async def test_ice_restart_answers_reach_the_restart_that_asked() -> None:
+    """A late answer is not taken for the next restart's; a worker gone is None."""
+    import subprocess
+    import sys
+
+    import trio
+
+    from relay.wire import IceCredentials, IceRestart
+    from relay.worker_client import SessionWorker
+
+    process = await trio.lowlevel.open_process([sys.executable, "-c", FAKE_WORKER],
+                                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    worker = SessionWorker(process)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker._read_reports)
+        assert await worker.restart_ice(IceRestart("abcd", "q" * 22), timeout=0.2) is None
+        await trio.sleep(0.8)  # the late answer arrives now, and waits unclaimed
+        assert await worker.restart_ice(IceRestart("wxyz", "q" * 22), timeout=5) == (
+            IceCredentials("zyxw", "p" * 22))
+        await worker.exited.wait()
+        assert await worker.restart_ice(IceRestart("efgh", "q" * 22), timeout=5) is None
+    assert process.returncode == 0

@@ -97,6 +97,7 @@ class WhipPublish:
     delete_status: int = 0
     keyframe_requests: int = 0  # PLIs that reached our video sender
     patch_statuses: list[int] = field(default_factory=list)  # trickle, then the probes
+    restart_reply: tuple[str, str] = ("", "")  # the ICE-restart PATCH's (body, ETag)
     answer: str = ""  # the SDP answer of the 201
 
 
@@ -126,7 +127,7 @@ async def publish(endpoint: str, *, seconds: float, video_codec: str | None = "V
     """POST an offer to `endpoint`, send media for `seconds`, then DELETE the resource.
 
     `trickle`: the offer goes without candidates, which follow in a PATCH (then an
-    ICE-restart PATCH and one with a stale If-Match are tried, and refused).
+    ICE-restart PATCH, whose answer is kept, and one with a stale If-Match).
     `video_track`, `audio_track`: sent instead of the test picture and the tone.
     `until`: when given, media stops once it is set (or after `seconds`).
     """
@@ -178,6 +179,8 @@ async def publish(endpoint: str, *, seconds: float, video_codec: str | None = "V
                     patched = await http.patch(base + result.location, content=body,
                                                headers={**sdpfrag, **extra})
                     result.patch_statuses.append(patched.status_code)
+                    if not extra:
+                        result.restart_reply = (patched.text, patched.headers.get("etag", ""))
             deadline = time.monotonic() + 10
             while pc.connectionState != "connected" and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
