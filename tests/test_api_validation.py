@@ -53,6 +53,10 @@ CREATE_CASES: list[tuple[str, pb.CreateIngressRequest, str]] = [
      "invalid ingress: invalid url: Invalid IPv6 URL"),
     ("url bad port", req(URL, url="https://h:99999/a.mp4", room_name="r"),
      "invalid ingress: invalid url: Port out of range 0-65535"),
+    # found by fuzz/fuzz_url.py: urllib quotes the port, which may be anything
+    ("url port of NULs", req(URL, url="http://h:" + "\x00" * 300, room_name="r"),
+     "invalid ingress: invalid url: "
+     + ("Port could not be cast to integer value as '" + "\\x00" * 300)[:200] + "..."),
     ("no identity", req(RTMP, participant_identity=""),
      "invalid ingress: no participant identity"),
     ("no identity whip", req(WHIP, participant_identity=""),
