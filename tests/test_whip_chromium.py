@@ -133,11 +133,13 @@ async function restartIce(pc, resource, answer) {
     await pc.setRemoteDescription({type: "answer", sdp: answer
       .replace(/a=ice-ufrag:\\S+/g, `a=ice-ufrag:${theirs}`)
       .replace(/a=ice-pwd:\\S+/g, `a=ice-pwd:${theirPwd}`)});
-    for (let i = 0; i < 60; i++) {  // until a pair of the new generation carries media
+    // until a pair of the new generation is checked both ways (our agent's own check
+    // may be a consent check, every 4-6 s)
+    for (let i = 0; i < 60; i++) {
       result.after = await ice(pc);
       const pair = result.after.pair;
       if (result.after.ufrag === ufrag && pair && pair.id !== before.pair.id
-          && pair.responsesReceived > 0) break;
+          && pair.responsesReceived > 0 && pair.responsesSent > 0) break;
       await sleep(250);
     }
   }
@@ -523,8 +525,9 @@ def test_chromium_restarts_ice_over_whip(whip_service: ServiceProcess,  # noqa: 
     assert after["ufrag"] == restart["ufrag"] != before["ufrag"], restart
     assert after["state"] == "connected" and after["pair"]["id"] != before["pair"]["id"], (
         restart)
-    assert after["pair"]["state"] == "succeeded" and after["pair"]["responsesReceived"] > 0, (
-        restart)
+    # ("in-progress" while Chromium's next check on the pair is out: seen in CI)
+    assert after["pair"]["state"] in ("succeeded", "in-progress"), restart
+    assert after["pair"]["responsesReceived"] > 0, restart
     # and our agent checked the new pair too, signed with Chromium's new password
     assert after["pair"]["responsesSent"] > 0, restart
     assert deleted["status"] == 200, deleted
