@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import trio
 from livekit import rtc
 from livekit.protocol import models
 from livekit.rtc._proto.room_pb2 import (
@@ -78,6 +79,7 @@ class RoomPublisher:
 
     def __init__(self) -> None:
         self._room: rtc.Room | None = None
+        self._publishing = trio.Lock()
         self._video: rtc.VideoSource | None = None
         self._audio: rtc.AudioSource | None = None
         self._encoded: rtc.EncodedVideoSource | None = None
@@ -192,10 +194,17 @@ class RoomPublisher:
 
     async def _publish(self, track: rtc.LocalTrack, options: rtc.TrackPublishOptions
                        ) -> rtc.LocalTrackPublication:
+        """One publication at a time. The SDK (livekit 1.2.1) negotiates two tracks
+        published at once in one offer, and then now and then ignores the video
+        track's codec: seen in livekit-server's log as an H.264 passthrough track
+        received as VP8, which no viewer can decode (the WHIP H.264 test's viewer
+        got no video in ~1 run of 10; WHIP publishes audio and video within a
+        millisecond of each other)."""
         assert self._room is not None
         try:
-            return await aio_thread.call(self._room.local_participant.publish_track, track,
-                                        options)
+            async with self._publishing:
+                return await aio_thread.call(self._room.local_participant.publish_track,
+                                            track, options)
         except Exception as exc:
             raise PublishError(f"cannot publish track {track.name}: {exc}") from exc
 
