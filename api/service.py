@@ -1,8 +1,9 @@
 """The four Ingress RPCs as plain async methods: rules of REFERENCE §2-§4, no HTTP.
 
 The HTTP binding (api/twirp.py) decodes requests and calls these; ingest sessions
-reach the same store through `IngressStore`. Live sessions are ended through the
-`SessionControl` the service is given, so delete and update end them in one place.
+reach the same store through `IngressStore`. Live sessions are ended, and URL
+pulls started, through the `SessionControl` the service is given (relay's session
+host), so delete, update and create reach them in one place.
 """
 
 from __future__ import annotations
@@ -43,8 +44,7 @@ class WireResponse:
 
 
 class IngressApi(Protocol):
-    """The four RPCs as the Twirp layer calls them: IngressService, or an API
-    replica's stand-in that hands the writes to the service process."""
+    """The four RPCs as the Twirp layer calls them (IngressService)."""
 
     async def create(self, req: pb.CreateIngressRequest, request_id: str = ""
                      ) -> Message | WireResponse: ...
@@ -57,20 +57,24 @@ class IngressApi(Protocol):
 
 
 class SessionControl(Protocol):
+    """What the control plane tells the sessions of a node (relay's session host)."""
+
     def stop(self, ingress_id: str, reason: str) -> bool:
         """End the live session of this ingress, if any; True if one was running."""
 
-
-class UrlStarter(Protocol):
-    def start(self, info: pb.IngressInfo) -> None:
-        """Begin pulling a URL ingress that was just created."""
+    def start_pull(self, info: pb.IngressInfo) -> None:
+        """Begin pulling a URL ingress (just created, or one to resume)."""
 
 
 class NoSessions:
-    """SessionControl for a node that runs no ingest sessions (API-only use, tests)."""
+    """SessionControl for a node that runs no ingest sessions (API-only use, tests):
+    URL ingresses stay INACTIVE."""
 
     def stop(self, ingress_id: str, reason: str) -> bool:
         return False
+
+    def start_pull(self, info: pb.IngressInfo) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -94,10 +98,8 @@ class IngressService:
         clock_ns: Callable[[], int] = time.time_ns,
         *,
         rtmp_passthrough: bool = False,
-        url_pulls: UrlStarter | None = None,
     ) -> None:
         self._store = store
-        self._url_pulls = url_pulls  # None: an API-only node, URL ingresses stay INACTIVE
         self._rtmp_passthrough = rtmp_passthrough
         self._urls = urls
         # not `sessions or ...`: an empty SessionRegistry is falsy (it has __len__)
@@ -132,8 +134,8 @@ class IngressService:
                 self._created_by_request.popitem(last=False)
         log.info("created ingress %s (%s) room=%r", info.ingress_id,
                  pb.IngressInput.Name(info.input_type), info.room_name)
-        if info.input_type == pb.IngressInput.URL_INPUT and self._url_pulls is not None:
-            self._url_pulls.start(info)  # URL input starts right after CreateIngress
+        if info.input_type == pb.IngressInput.URL_INPUT:
+            self._sessions.start_pull(info)  # URL input starts right after CreateIngress
         return info
 
     def _new_info(self, req: pb.CreateIngressRequest) -> pb.IngressInfo:

@@ -1,7 +1,7 @@
 """Where ingresses live: a small storage interface and its SQLite implementation.
 
-Callers (the control API and the ingest sessions) see only `IngressStore`, so a
-Redis store for several nodes can replace SQLite without touching them.
+Callers (the control API, and the ingest sessions through relay's local control
+plane) see only `IngressStore`.
 
 Config and state are kept apart: `put()` writes what a user configured and never
 touches the state, `update_state()` writes the state and never touches the config.
@@ -15,15 +15,11 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-import outcome
 import trio
 from livekit.protocol import ingress as pb
-
-from relay.trio_util import unwrap_single_exception
 
 
 class StoreConflict(Exception):
@@ -127,7 +123,8 @@ class _Write:
     rooms: tuple[str, ...] = ()  # rooms and ingresses whose cached lists it invalidates
     ingress_ids: tuple[str, ...] = ()
     done: trio.Event = field(default_factory=trio.Event)
-    result: outcome.Outcome | None = None
+    value: Any = None
+    error: BaseException | None = None
 
 
 class SqliteIngressStore:
@@ -140,13 +137,8 @@ class SqliteIngressStore:
     proceed while a write commits.
     """
 
-    def __init__(self, path: Path, *, shared: bool = False) -> None:
+    def __init__(self, path: Path) -> None:
         self._path = path
-        # shared: another process writes too (an API replica's view of the service's
-        # store), so the room cache is checked against SQLite's data_version, which
-        # changes whenever another connection commits, before each use.
-        self._shared = shared
-        self._data_version = -1
         # ListIngress-by-room answers, kept until a write touches the room. Filled by
         # inline reads and emptied by the writer task after each commit, both on the
         # event loop: a read racing a commit may cache the old rows, and the
@@ -191,8 +183,10 @@ class SqliteIngressStore:
             conn.execute("BEGIN IMMEDIATE")
             for write in batch:
                 conn.execute("SAVEPOINT w")
-                write.result = outcome.capture(write.apply, conn)
-                if isinstance(write.result, outcome.Error):
+                try:
+                    write.value = write.apply(conn)
+                except Exception as exc:  # this write only: its caller gets the error
+                    write.error = exc
                     conn.execute("ROLLBACK TO w")
                 conn.execute("RELEASE w")
             conn.execute("COMMIT")
@@ -200,15 +194,16 @@ class SqliteIngressStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             for write in batch:
-                write.result = outcome.Error(exc)
+                write.error = exc
 
     async def _write(self, apply: Callable[[sqlite3.Connection], Any],
                      rooms: tuple[str, ...] = (), ingress_ids: tuple[str, ...] = ()) -> Any:
         write = _Write(apply, rooms, ingress_ids)
         await self._send.send(write)
         await write.done.wait()
-        assert write.result is not None
-        return write.result.unwrap()
+        if write.error is not None:
+            raise write.error
+        return write.value
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -285,12 +280,6 @@ class SqliteIngressStore:
 
     async def list_room_wire(self, room_name: str) -> bytes:
         await trio.lowlevel.checkpoint()
-        if self._shared:
-            (version,) = self._reader().execute("PRAGMA data_version").fetchone()
-            if version != self._data_version:
-                self._room_wire.clear()
-                self._room_of.clear()
-                self._data_version = version
         cached = self._room_wire.get(room_name)
         if cached is not None:
             return cached[0]
@@ -343,23 +332,24 @@ class SqliteIngressStore:
 
 
 @asynccontextmanager
-async def open_sqlite_store(path: Path, *, shared: bool = False
-                            ) -> AsyncIterator[SqliteIngressStore]:
+async def open_sqlite_store(path: Path) -> AsyncIterator[SqliteIngressStore]:
     """Open (creating if needed) the store at `path`, with its writer task running.
-    `shared`: other processes write to it too (see SqliteIngressStore.__init__).
 
     An exception from the caller's block comes out as itself, not wrapped in the
     writer nursery's ExceptionGroup.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    store = await trio.to_thread.run_sync(partial(SqliteIngressStore, path, shared=shared))
+    store = await trio.to_thread.run_sync(SqliteIngressStore, path)
     try:
-        with unwrap_single_exception():
-            async with trio.open_nursery() as nursery:
-                await nursery.start(store.run_writer)
-                try:
-                    yield store
-                finally:
-                    store._send.close()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run_writer)
+            try:
+                yield store
+            finally:
+                store._send.close()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:  # the caller's own exception, unwrapped
+            raise group.exceptions[0] from None
+        raise
     finally:
         store.close()

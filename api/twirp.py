@@ -18,8 +18,6 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from livekit.protocol import ingress as pb
 
-from relay import metrics
-
 from .auth import Authenticator, require_ingress_admin
 from .errors import TwirpError
 from .service import IngressApi, WireResponse
@@ -77,21 +75,19 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def record_call(method: str, code: str, seconds: float) -> None:
-    """Count one answered call in the API metrics."""
-    metrics.API_REQUESTS.labels(method, code).inc()
-    metrics.API_LATENCY.labels(method).observe(seconds)
+def _not_recorded(method: str, code: str, seconds: float) -> None:
+    pass
 
 
 class TwirpServer:
     """Routes, authenticates, decodes and dispatches one Twirp call.
 
-    `record` is told of every answered call; an API replica passes one that hands
-    them to the service process, whose /metrics is the node's.
+    `record(method, code, seconds)` is told of every answered call (the service
+    counts them in its metrics; this package knows no metrics library).
     """
 
     def __init__(self, service: IngressApi, auth: Authenticator,
-                 record: Callable[[str, str, float], None] = record_call) -> None:
+                 record: Callable[[str, str, float], None] = _not_recorded) -> None:
         self._auth = auth
         self._record = record
         self._methods: dict[str, tuple[type[Message],

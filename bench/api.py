@@ -139,19 +139,11 @@ def main() -> None:
     parser.add_argument("--client-nice", type=int, default=0,
                         help="nice value of the load generator (-10: it is not queued "
                              "behind the service on a 2-core machine; needs root)")
-    parser.add_argument("--api-processes", type=int, default=1,
-                        help="the service's api_processes (1: no API replica)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        service = ServiceProcess(Path(tmp), api_processes=args.api_processes)
+        service = ServiceProcess(Path(tmp))
         service.start()
-        if args.api_processes > 1:  # the replicas take a moment to start
-            deadline = time.monotonic() + 20
-            while service.log().count(" ready (pid ") < args.api_processes - 1:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the API replicas did not start:\n" + service.log())
-                time.sleep(0.1)
         try:
             token = service.token(ttl=3600)
             creates = [("CreateIngress", pb.CreateIngressRequest(

@@ -341,7 +341,7 @@ def run(args: argparse.Namespace) -> None:
     """Service, room, viewer, then the publisher; figures once the source has ended."""
     from livekit.protocol import ingress as pb
 
-    from relay.layers import DEFAULT_VIDEO_PRESET
+    from relay.worker.layers import DEFAULT_VIDEO_PRESET
 
     preset = (pb.IngressVideoEncodingPreset.Value(args.preset) if args.preset
               else DEFAULT_VIDEO_PRESET)

@@ -413,7 +413,7 @@ def window_latencies(frames: list[Received], warmup: float, seconds: float) -> l
 def run(args: argparse.Namespace) -> None:
     from livekit.protocol import ingress as pb
 
-    from relay.layers import DEFAULT_VIDEO_PRESET
+    from relay.worker.layers import DEFAULT_VIDEO_PRESET
 
     preset = (pb.IngressVideoEncodingPreset.Value(args.preset) if args.preset
               else DEFAULT_VIDEO_PRESET)

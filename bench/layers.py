@@ -34,10 +34,10 @@ from livekit.protocol import models
 import rtmp
 from bench.sessions import feed
 from bench.transcode import source_and_server
-from relay.layers import LayerSpec, fit_layers, video_encoding
-from relay.tokens import participant_token
+from relay.service.ingest.tokens import participant_token
+from relay.service.ingest.worker_client import SessionWorker, open_session_worker
 from relay.wire import Start
-from relay.worker_client import SessionWorker, open_session_worker
+from relay.worker.layers import LayerSpec, fit_layers, video_encoding
 from tests.livekit import API_KEY, API_SECRET, ROOT, LayerSeen, LiveKitServer, watch_layer_stats
 
 SOURCE = (1920, 1080)  # bench/rtmp.py's encode(): 1080p30, above every preset's top layer

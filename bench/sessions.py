@@ -26,9 +26,9 @@ from livekit.protocol import ingress as pb
 import rtmp
 from bench.rtmp import cpu_seconds
 from bench.transcode import media_events, shift
-from relay.tokens import participant_token
+from relay.service.ingest.tokens import participant_token
+from relay.service.ingest.worker_client import SessionWorker, open_session_worker
 from relay.wire import Start, StateReport
-from relay.worker_client import SessionWorker, open_session_worker
 from tests.livekit import API_KEY, API_SECRET, LiveKitServer
 
 WARMUP = 6.0

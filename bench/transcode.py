@@ -33,10 +33,10 @@ from livekit.protocol import ingress as pb
 
 import rtmp
 from bench.rtmp import cpu_seconds, encode
-from relay.layers import fit_layers, video_encoding
-from relay.tokens import participant_token
+from relay.service.ingest.tokens import participant_token
+from relay.service.ingest.worker_client import open_session_worker
 from relay.wire import Start
-from relay.worker_client import open_session_worker
+from relay.worker.layers import fit_layers, video_encoding
 from tests.livekit import API_KEY, API_SECRET, LiveKitServer, Seen, watch
 
 PRESETS = {

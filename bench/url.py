@@ -289,7 +289,7 @@ def run_live(livekit_url: str, service: Any, media: Any, seconds: float, stall_a
                   f"  max {max(window):6.0f} ms  ({len(window)} frames)")
     time.sleep(1.0)
     for line in service.log().splitlines():
-        if "relay.url_pull: paced" in line or "session ended" in line:
+        if "relay.worker.url_input: paced" in line or "session ended" in line:
             print("  worker: " + line.split(": ", 1)[-1])
 
 

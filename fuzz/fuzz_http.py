@@ -1,29 +1,35 @@
-"""Fuzz harness for the API listener's HTTP/1.1 server (relay/h11_server.py).
+"""Fuzz harness for the node's HTTP listener: hypercorn serving our quart-trio app.
 
 Input layout: byte 0 picks how the client's bytes arrive (mod 4), the rest is what a
 client sends on one connection:
 
-* 0 ``whole``: in one write, then the client's end of the stream (EOF);
-* 1 ``bytewise``: one byte per write (inputs up to 256 bytes), then EOF;
+* 0 ``whole``: in one write, then, once the server has answered what it can, the
+  client's end of the stream (EOF);
+* 1 ``bytewise``: one byte per write (inputs up to 256 bytes), then EOF as in 0;
 * 2 ``split``: in writes of 1-16 bytes (sizes from the input's own hash), then EOF;
 * 3 ``hang``: in one write, then the client stays silent with its side open, so only
   the server's timeouts can end the connection.
 
-The server runs on trio's in-memory streams under a virtual clock (timeouts pass
-at once), serving an echo app that also checks the ASGI scope it is given.
+One connection, as the listener serves it (relay/service/http/server.py:
+hypercorn's trio connection server in our fault box, with the listener's own
+settings), runs on trio's in-memory streams under a virtual clock (timeouts pass
+at once), serving the real app (relay/service/http/app.py):
+Twirp on an IngressService over an in-memory store, WHIP routes to a stub front
+that answers every request 204, the operations routes.
 
-Oracle (raises OracleFailure, i.e. a crash): `connection()` returns, never raises,
-within the idle timeout plus the read timeouts of the bytes sent; no error is
-logged (an app crash or "connection failed" means the shell let something
-through); everything the server wrote parses, with an h11 client, as complete
-HTTP/1.1 responses (interim 100s allowed), one per request the app saw at most
-plus one error answer; each 200 echoes a request whose scope was well formed.
+Oracle (raises OracleFailure, i.e. a crash): the connection ends within the idle
+timeout plus the read timeouts of the bytes sent; no error is logged (an app crash
+means a route let something through); everything the server wrote parses, with an
+h11 client, as complete HTTP/1.1 responses (interim 100s allowed), one per request
+at most plus one error answer, none of them a 5xx but 501 (a request feature h11
+refuses) and 503.
 
 Run: ``python fuzz/run.py http --seconds 60`` (or this file with libFuzzer flags).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -39,19 +45,29 @@ try:
     import atheris
 except ImportError:  # run.py's random engine needs no atheris
     atheris = None
-with (atheris.instrument_imports(include=["relay.h11_server", "h11"])
+with (atheris.instrument_imports(include=["relay.service.http", "api", "hypercorn", "h11"])
       if atheris and __name__ == "__main__" else nullcontext()):
     import h11
     import trio
     import trio.testing
+    from hypercorn.trio.worker_context import WorkerContext
+    from hypercorn.utils import wrap_app
+    from livekit.protocol import ingress as pb
 
-    from relay.h11_server import H11Server
+    from api.auth import Authenticator
+    from api.service import EndpointUrls, IngressService
+    from api.store import StoreConflict
+    from api.twirp import TwirpServer
+    from relay.service.http.app import create_app
+    from relay.service.http.server import CLOSE_GRACE, listener_config, serve_connection
+    from relay.service.status import NodeStatus
 
 MODES = ("whole", "bytewise", "split", "hang")
-KEEP_ALIVE, READ = 75.0, 30.0
 MEMCHECK = os.environ.get("FUZZ_MEMCHECK", "0") == "1"
-MEM_BASE = 4 * 1024 * 1024
+MEM_BASE = 8 * 1024 * 1024
 MEM_PER_BYTE = 256
+CONFIG = listener_config("127.0.0.1", 0)
+KEEP_ALIVE, READ = CONFIG.keep_alive_timeout, CONFIG.read_timeout
 
 
 class _Errors(logging.Handler):
@@ -64,35 +80,89 @@ class _Errors(logging.Handler):
 
 
 ERRORS = _Errors()
-logging.getLogger("relay.h11_server").addHandler(ERRORS)
-logging.getLogger("relay.h11_server").propagate = False
+logging.getLogger().addHandler(ERRORS)
+logging.getLogger().setLevel(logging.CRITICAL)  # nothing printed; ERRORS still sees them
+for _name in ("relay", "api", "hypercorn", "quart", "ingress-relay"):
+    logging.getLogger(_name).addHandler(ERRORS)
+    logging.getLogger(_name).propagate = False
+
+
+class MemoryStore:
+    """IngressStore in a dict: the harness needs the API's rules, not durability."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, pb.IngressInfo] = {}
+
+    async def create(self, info: pb.IngressInfo) -> None:
+        if info.ingress_id in self.items:
+            raise StoreConflict(info.ingress_id)
+        self.items[info.ingress_id] = info
+
+    async def get(self, ingress_id: str) -> pb.IngressInfo | None:
+        return self.items.get(ingress_id)
+
+    async def get_by_stream_key(self, stream_key: str) -> pb.IngressInfo | None:
+        return next((i for i in self.items.values() if i.stream_key == stream_key), None)
+
+    async def list(self, room_name: str | None = None) -> list[pb.IngressInfo]:
+        return [i for i in self.items.values() if room_name in (None, i.room_name)]
+
+    async def list_room_wire(self, room_name: str) -> bytes:
+        return pb.ListIngressResponse(items=await self.list(room_name)).SerializeToString()
+
+    async def put(self, info: pb.IngressInfo) -> bool:
+        if info.ingress_id not in self.items:
+            return False
+        self.items[info.ingress_id] = info
+        return True
+
+    async def update_state(self, ingress_id: str, state: pb.IngressState) -> bool:
+        if ingress_id not in self.items:
+            return False
+        self.items[ingress_id].state.CopyFrom(state)
+        return True
+
+    async def delete(self, ingress_id: str) -> pb.IngressInfo | None:
+        return self.items.pop(ingress_id, None)
+
+
+class StubWhip:
+    """The WHIP front's face: every request is answered 204 (the route is fuzzed here;
+    the WHIP core has its own harness, fuzz_sdp.py)."""
+
+    async def handle(self, method: str, path: str, headers: dict[str, str],
+                     body: bytes) -> Any:
+        class Reply:
+            status, body, headers, content_type = 204, b"", (), "text/plain"
+
+        return Reply()
 
 
 SEEN: list[str] = []  # the methods of the requests the app was given, in order
+_APP = create_app(NodeStatus(), TwirpServer(
+    IngressService(MemoryStore(), EndpointUrls("rtmp://x/x", "http://x/w")),
+    Authenticator({"key": "secret" * 6})), StubWhip())
 
 
-async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """Reads the whole body, answers 200 with method, path and body."""
-    SEEN.append(scope["method"])
-    if scope["type"] != "http" or not isinstance(scope["method"], str):
-        raise OracleFailure(f"bad scope type or method: {scope!r:.200}")
-    if not isinstance(scope["path"], str) or not isinstance(scope["query_string"], bytes):
-        raise OracleFailure(f"bad path or query: {scope!r:.200}")
-    for name, value in scope["headers"]:
-        if not (isinstance(name, bytes) and isinstance(value, bytes) and name == name.lower()):
-            raise OracleFailure(f"bad header: {(name, value)!r:.200}")
-    body = b""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        body += message["body"]
-        if not message["more_body"]:
-            break
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/octet-stream")]})
-    await send({"type": "http.response.body",
-                "body": scope["method"].encode() + b" " + scope["raw_path"] + b" " + body})
+async def recording_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "http":
+        SEEN.append(scope["method"])
+    await _APP(scope, receive, send)
+
+
+APP = wrap_app(recording_app, CONFIG.wsgi_max_body_size, None)
+
+
+class _Socket:
+    """What hypercorn reads of a socket: its family and two addresses."""
+
+    family = 2  # AF_INET
+
+    def getpeername(self) -> tuple[str, int]:
+        return ("127.0.0.1", 40000)
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", 8080)
 
 
 def writes(mode: str, body: bytes) -> list[bytes]:
@@ -112,19 +182,23 @@ def writes(mode: str, body: bytes) -> list[bytes]:
 async def serve_one(chunks: list[bytes], hang: bool) -> bytes:
     """Run one connection to its end; the bytes the server wrote."""
     client, server_side = trio.testing.memory_stream_pair()
-    server = H11Server(echo_app, keep_alive_timeout=KEEP_ALIVE, read_timeout=READ)
+    server_side.socket = _Socket()  # type: ignore[attr-defined]
     received = bytearray()
     done = trio.Event()
 
     async def run_server() -> None:
-        await server.connection(server_side)
+        await serve_connection(APP, CONFIG, WorkerContext(None), server_side)
         done.set()
 
-    async def read_all() -> None:
-        while data := await client.receive_some(65536):
-            received.extend(data)
+    read = trio.Event()
 
-    budget = KEEP_ALIVE + READ * (sum(len(c) for c in chunks) + 2) + 10
+    async def read_all() -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await client.receive_some(65536):
+                received.extend(data)
+        read.set()
+
+    budget = KEEP_ALIVE + READ * (sum(len(c) for c in chunks) + 2) + CLOSE_GRACE + 10
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run_server)
         nursery.start_soon(read_all)
@@ -133,6 +207,9 @@ async def serve_one(chunks: list[bytes], hang: bool) -> bytes:
                 if chunk:
                     await client.send_all(chunk)
             if not hang:
+                # a client reads its answers before it closes (hypercorn treats a
+                # half-close as the end of the connection and drops answers in flight)
+                await trio.testing.wait_all_tasks_blocked()
                 await client.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the server closed first: fine
@@ -140,6 +217,8 @@ async def serve_one(chunks: list[bytes], hang: bool) -> bytes:
             await done.wait()
         if scope.cancelled_caught:
             raise OracleFailure("the connection did not end within its timeouts")
+        with trio.move_on_after(1):  # what the server wrote last, up to its close
+            await read.wait()
         nursery.cancel_scope.cancel()
     return bytes(received)
 
@@ -147,13 +226,16 @@ async def serve_one(chunks: list[bytes], hang: bool) -> bytes:
 def check_output(output: bytes, methods: list[str]) -> None:
     """The server's bytes are whole HTTP/1.1 responses as an h11 client reads them,
     the client having sent the requests the app saw (GET for the rest: a request
-    the server refused before the app saw it)."""
+    the server refused before the app saw it). A request the client never finished
+    may go unanswered (interim 100 at most) when the server times the connection out."""
     conn = h11.Connection(h11.CLIENT)
     conn.receive_data(output)
     conn.receive_data(b"")
     answered = 0
+    awaiting_final = False  # a request sent, no final response begun yet
     while True:
         if conn.our_state is h11.IDLE:
+            awaiting_final = True
             if not conn.trailing_data[0]:
                 return  # every response read; the server's close is all that is left
             method = methods[answered] if answered < len(methods) else "GET"
@@ -162,6 +244,8 @@ def check_output(output: bytes, methods: list[str]) -> None:
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
+            if awaiting_final and "ConnectionClosed" in str(exc):
+                return  # closed before answering an unfinished request
             raise OracleFailure(f"malformed response bytes ({exc}): {output[:300]!r}") from None
         if event is h11.NEED_DATA:
             raise OracleFailure(f"a response was cut short: {output[-300:]!r}")
@@ -169,7 +253,10 @@ def check_output(output: bytes, methods: list[str]) -> None:
             return
         if isinstance(event, h11.Response):
             answered += 1
-            if event.status_code != 200 and not 400 <= event.status_code < 600:
+            awaiting_final = False
+            if event.status_code >= 500 and event.status_code not in (501, 503):
+                raise OracleFailure(f"server error {event.status_code}: {output[:300]!r}")
+            if not 200 <= event.status_code < 600:
                 raise OracleFailure(f"unexpected status {event.status_code}")
             if answered > len(methods) + 1:
                 raise OracleFailure(f"{answered} responses for {len(methods)} requests")

@@ -7,9 +7,9 @@ The input (UTF-8, undecodable bytes replaced) is a URL, and byte 0 picks a prefi
 Oracle (raises OracleFailure, i.e. a crash):
 * ``api.validation.validate_create`` on a URL ingress with it raises only TwirpError
   with code invalid_argument and a one-line message starting "invalid ingress: ";
-* ``relay.url_pull.redact`` never raises, and its result has no query string and no
+* ``relay.worker.url_input.redact`` never raises, and its result has no query string and no
   credentials of the input;
-* ``relay.srt.parse_srt_url`` (for URLs validation accepts with scheme srt) raises
+* ``relay.worker.srt.parse_srt_url`` (for URLs validation accepts with scheme srt) raises
   only SrtError with a one-line message, and what it returns is in bounds: a port
   1-65535, a passphrase of 10-79 characters, a stream id of at most 512 bytes,
   times >= 0.
@@ -31,14 +31,15 @@ try:
     import atheris
 except ImportError:  # run.py's random engine needs no atheris
     atheris = None
-with (atheris.instrument_imports(include=["relay.srt", "relay.url_pull", "api.validation"])
+with (atheris.instrument_imports(include=["relay.worker.srt", "relay.worker.url_input",
+                                          "api.validation"])
       if atheris and __name__ == "__main__" else nullcontext()):
     from livekit.protocol import ingress as pb
 
     from api.errors import TwirpError
     from api.validation import validate_create
-    from relay.srt import MAX_STREAMID, SrtError, parse_srt_url
-    from relay.url_pull import redact
+    from relay.worker.srt import MAX_STREAMID, SrtError, parse_srt_url
+    from relay.worker.url_input import redact
 
 MODES = ("", "http://", "https://", "srt://")  # the prefix byte 0 picks
 MEMCHECK = os.environ.get("FUZZ_MEMCHECK", "0") == "1"

@@ -1,3 +1,5 @@
-from .cli import main
+"""`python -m relay`: the service's CLI (relay/service/cli.py)."""
+
+from relay.service.cli import main
 
 raise SystemExit(main())

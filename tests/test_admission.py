@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from relay.admission import PROMISE_SECONDS, Admission
-from relay.config import CpuCostConfig
+from relay.service.config import CpuCostConfig
+from relay.service.ingest.admission import PROMISE_SECONDS, Admission
 
 
 @dataclass

@@ -8,7 +8,7 @@ import threading
 import pytest
 import trio
 
-from relay import aio_thread
+from relay.worker import aio_thread
 
 
 async def test_call_runs_on_the_asyncio_thread_and_returns_its_result() -> None:

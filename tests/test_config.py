@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import ConfigError, load_config
+from relay.service.config import ConfigError, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -28,16 +28,17 @@ logging: {level: debug}
 rtc_config: {udp_port: 7885, node_ip: 127.0.0.1}
 cpu_cost: {rtmp_cpu_cost: 1.5}
 data_dir: /tmp/x
-api_processes: 2
+http_cert_file: /c.pem
+http_key_file: /k.pem
 """), environ={})
     assert (config.api_key, config.api_secret, config.ws_url) == ("k", "s", "ws://lk:7880")
     assert (config.rtmp_port, config.http_port, config.health_port) == (1936, 9090, 8081)
     assert config.logging.level == "debug" and config.rtc_config.udp_port == 7885
     assert config.cpu_cost.rtmp_cpu_cost == 1.5
     assert config.rtmp_url == "rtmp://127.0.0.1:1936/x"
-    assert config.whip_url == "http://127.0.0.1:9090/w"
+    assert config.whip_url == "https://127.0.0.1:9090/w"  # TLS on the HTTP listener
     assert str(config.store_path) == "/tmp/x/ingress.sqlite3"
-    assert config.api_processes == 2
+    assert (config.http_cert_file, config.http_key_file) == ("/c.pem", "/k.pem")
 
 
 def test_env_overrides_file(tmp_path: Path) -> None:
@@ -72,7 +73,10 @@ def test_config_body_env(tmp_path: Path) -> None:
      "rtc_config.port_range_start and port_range_end: give both"),
     ("api_key: k\napi_secret: s\nrtc_config: {port_range_start: 50010, port_range_end: 50000}\n",
      "start <= end (got 50010..50000)"),
-    ("api_key: k\napi_secret: s\napi_processes: 0\n", "api_processes: 0 is not between 1"),
+    ("api_key: k\napi_secret: s\napi_processes: 2\n",
+     "api_processes: removed; one process serves the HTTP listener"),
+    ("api_key: k\napi_secret: s\nhttp_cert_file: /c.pem\n",
+     "http_cert_file and http_key_file: give both or neither"),
     ("api_key: k\n", "api_key and api_secret are required"),
     ("- a list\n", "expected a mapping"),
     ("api_key: [unclosed\n", "not valid YAML"),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import rtmp
-from relay.decode import AudioDecoder, DecodeError, VideoDecoder
+from relay.worker.decode import AudioDecoder, DecodeError, VideoDecoder
 
 CAPTURES = Path(__file__).parent / "rtmp" / "captures"
 MANIFEST = json.loads((CAPTURES / "manifest.json").read_text())

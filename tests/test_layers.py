@@ -1,4 +1,4 @@
-"""Tests for relay.layers: the §5 preset table, custom defaults and the bounding-box rule."""
+"""Tests for relay.worker.layers: the §5 preset table, custom defaults and the bounding-box rule."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from livekit.protocol import ingress as ingress_pb
 from livekit.protocol import models
 
-from relay.layers import (
+from relay.worker.layers import (
     AUDIO_PRESETS,
     PRESETS,
     AudioEncoding,

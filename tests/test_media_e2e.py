@@ -312,7 +312,7 @@ def test_a_crashing_decoder_takes_down_only_its_session(media_service: ServicePr
     b = publisher(media_service.rtmp_addr, bystander.stream_key, seconds=8, size="320x240")
     wait_for(media_service, victim.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING)
     wait_for(media_service, bystander.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING)
-    pid = int(re.findall(r"worker\[(\d+)\] relay.publisher: joined room e2e-crash ",
+    pid = int(re.findall(r"worker\[(\d+)\] relay.worker.publisher: joined room e2e-crash ",
                          media_service.log())[-1])
     thread, seen = watch_in_background(livekit.url, "e2e-bystander", 5.0)
     import os

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,14 @@ def test_health_availability_metrics(service: ServiceProcess) -> None:
                  "livekit_ingress_requests", "livekit_ingress_publish_status",
                  'ingress_relay_api_requests_total{code="unauthenticated",method="ListIngress"}'):
         assert name in text, name
+    # the README's table of metrics is what /metrics declares, no more and no less
+    declared = {line.split()[2] for line in text.splitlines() if (line.startswith("# TYPE")
+                and line.split()[3] != "gauge") or (line.startswith("# TYPE")
+                and not line.split()[2].endswith("_created"))}
+    ours = {n for n in declared if n.startswith(("livekit_", "ingress_relay_"))}
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    listed = set(re.findall(r"^  \| `((?:livekit|ingress_relay)_\w+)` \|", readme, re.M))
+    assert listed == ours
 
 
 def test_separate_health_and_prometheus_ports(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from relay.picture import I420Packer
+from relay.worker.picture import I420Packer
 
 
 def picture(width: int, height: int, fmt: str = "yuv420p", seed: int = 0) -> av.VideoFrame:

@@ -26,7 +26,7 @@ import pytest
 from livekit.protocol import ingress as pb
 
 import rtmp
-from relay.rtmp_ingest import PROGRESS_INTERVAL, InputStats
+from relay.service.ingest.rtmp_front import PROGRESS_INTERVAL, InputStats
 from rtmp._chunks import MSG_AMF0_COMMAND, MSG_SET_CHUNK_SIZE, MSG_VIDEO
 from rtmp._handshake import client_c2, client_hello
 from tests.service import ServiceProcess

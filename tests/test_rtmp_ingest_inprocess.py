@@ -1,4 +1,5 @@
-"""RtmpIngest in-process (real SQLite store, real sockets): the MediaSink boundary, limits."""
+"""The RTMP front in-process (real SQLite store, real sockets, the real session host
+with a recording stand-in for the worker process): what the worker gets, limits."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from livekit.protocol import ingress as pb
 
 import rtmp
 from api.store import open_sqlite_store
-from relay.rtmp_ingest import RtmpIngest, RtmpSettings
-from relay.sessions import SessionRegistry
-from relay.sink import MediaSink, PublishContext
+from relay.service.ingest.control import LocalControlPlane
+from relay.service.ingest.lifetime import SessionHost, WorkerSettings
+from relay.service.ingest.registry import SessionRegistry
+from relay.service.ingest.rtmp_front import RtmpFront, RtmpSettings
+from relay.wire import Message, Start, StateReport
 from rtmp._chunks import MSG_AMF0_COMMAND
 from rtmp._handshake import client_c2, client_hello
 
@@ -32,55 +35,82 @@ def ffmpeg(url: str, seconds: float = 1.0) -> list[str]:
             "-g", "15", "-c:a", "aac", "-f", "flv", url]
 
 
+class RecordingWorker:
+    """What the session host and the RTMP front use of a SessionWorker, recording."""
+
+    def __init__(self, start: Start) -> None:
+        self.start = start
+        self.messages: list[Message] = []
+        self.failure = ""
+        self.drain = True
+        self.killed = False
+        self.exited = trio.Event()
+        self._reports_send, self.reports = trio.open_memory_channel[StateReport](1)
+
+    async def send(self, message: Message) -> bool:
+        self.messages.append(message)
+        return True
+
+
 @asynccontextmanager
-async def running(tmp_path: Path, settings: RtmpSettings, sink_factory=None
-                  ) -> AsyncIterator[tuple[RtmpIngest, str]]:
+async def running(tmp_path: Path, settings: RtmpSettings,
+                  workers: list[RecordingWorker] | None = None
+                  ) -> AsyncIterator[tuple[RtmpFront, str]]:
+    @asynccontextmanager
+    async def launch(start: Start) -> AsyncIterator[RecordingWorker]:
+        worker = RecordingWorker(start)
+        assert workers is not None
+        workers.append(worker)
+        try:
+            yield worker
+        finally:
+            worker.exited.set()
+            worker._reports_send.close()
+
     async with open_sqlite_store(tmp_path / "s.sqlite3") as store, trio.open_nursery() as n:
         await store.create(pb.IngressInfo(
             ingress_id="IN_inprocess234", stream_key=KEY, room_name="room",
             input_type=pb.IngressInput.RTMP_INPUT, participant_identity="p",
             state=pb.IngressState()))
-        ingest = RtmpIngest(store, SessionRegistry(), settings, sink_factory=sink_factory)
+        host = SessionHost(LocalControlPlane(store), SessionRegistry(),
+                           workers=WorkerSettings("ws://x", "key", "secret" * 6)
+                           if workers is not None else None, launch=launch)
+        ingest = RtmpFront(host, settings)
+        ingest.store = store  # type: ignore[attr-defined]  # for the tests' reads
         addr = await n.start(ingest.serve, "127.0.0.1", 0)
         yield ingest, addr
         n.cancel_scope.cancel()
 
 
 @pytest.mark.slow
-async def test_sink_gets_context_and_every_media_event(tmp_path: Path) -> None:
-    contexts: list[PublishContext] = []
-    events: list[object] = []
-    closed = trio.Event()
-
-    class Sink:
-        async def send(self, event: rtmp.MediaEvent | rtmp.Metadata) -> None:
-            events.append(event)
-
-    @asynccontextmanager
-    async def factory(ctx: PublishContext) -> AsyncIterator[MediaSink]:
-        contexts.append(ctx)
-        try:
-            yield Sink()
-        finally:
-            closed.set()
-
-    async with running(tmp_path, RtmpSettings(), factory) as (ingest, addr):
+async def test_worker_gets_start_and_every_media_event(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "relay.service.ingest")
+    workers: list[RecordingWorker] = []
+    async with running(tmp_path, RtmpSettings(), workers) as (ingest, addr):
         proc = await trio.run_process(ffmpeg(f"rtmp://{addr}/app/{KEY}"), check=False)
         assert proc.returncode == 0
         with trio.fail_after(5):
-            await closed.wait()
+            while not workers or not workers[0].exited.is_set():
+                await trio.sleep(0.01)
             while (state := (await ingest.store.get("IN_inprocess234")).state).status != \
                     pb.IngressState.ENDPOINT_INACTIVE:
                 await trio.sleep(0.01)
-    (ctx,) = contexts
-    assert ctx.info.ingress_id == "IN_inprocess234" and ctx.resource_id.startswith("RT_")
-    assert ctx.app == "app" and ctx.publish_name == KEY and not ctx.tls
-    assert ctx.started_at == state.started_at and state.ended_at > state.started_at
-    assert isinstance(events[0], rtmp.Metadata) and events[0].values["width"] == 128
+    (worker,) = workers
+    info = pb.IngressInfo.FromString(worker.start.ingress)
+    assert info.ingress_id == "IN_inprocess234" and worker.start.ws_url == "ws://x"
+    assert worker.start.transcode and not worker.start.offer and not worker.start.url
+    assert state.resource_id.startswith("RT_") and state.ended_at > state.started_at
+    assert worker.drain  # a clean end publishes what is queued
+    events = worker.messages
+    assert isinstance(events[0], rtmp.VideoConfig | rtmp.AudioConfig)
+    assert not any(isinstance(e, rtmp.Metadata) for e in events)  # only what decodes
     video = [e for e in events if isinstance(e, rtmp.VideoFrame)]
     assert len(video) == 30 and [v.keyframe for v in video].count(True) == 2
-    assert any(isinstance(e, rtmp.VideoConfig) for e in events)
     assert any(isinstance(e, rtmp.AudioFrame) for e in events)
+    # the front's own statistics (onMetaData included) end up in the session's last line
+    assert re.search(r"ended after \d\.\d s: publisher ended the stream; video h264 128x72 "
+                     r"frames=30 keyframes=2", caplog.text)
 
 
 async def raw_publish(addr: str, key: str) -> trio.SocketStream:
@@ -114,7 +144,7 @@ async def raw_publish(addr: str, key: str) -> trio.SocketStream:
 
 async def test_max_connections_and_idle_timeout(tmp_path: Path,
                                                 caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "relay.rtmp_ingest")
+    caplog.set_level(logging.INFO, "relay.service.ingest")
     settings = RtmpSettings(handshake_timeout=5, max_connections=1)
     async with running(tmp_path, settings) as (ingest, addr):
         host, port = addr.rsplit(":", 1)

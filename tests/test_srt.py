@@ -1,8 +1,8 @@
-"""relay.srt against real SRT peers: Debian's ffmpeg as the listener, and an
+"""relay.worker.srt against real SRT peers: Debian's ffmpeg as the listener, and an
 in-process libsrt listener (ctypes, below) where the listener's side must be
 observed (stream id, latency) or controlled (silent, closing). No mocks.
 
-Each option number in relay.srt is checked by a behaviour that a wrong number
+Each option number in relay.worker.srt is checked by a behaviour that a wrong number
 would break: the peer sees the stream id, the negotiated latency changes, the
 key length reads back, a wrong passphrase is rejected, the connect timeout
 fires early, connect returns as soon as epoll says connected.
@@ -26,7 +26,7 @@ from typing import Any
 import av
 import pytest
 
-from relay import srt
+from relay.worker import srt
 
 FFMPEG = "/usr/bin/ffmpeg"
 
@@ -304,7 +304,7 @@ def test_streamid_and_latency_reach_the_listener(listener: Listener) -> None:
         assert caller.get_option_int(srt.SRTO_RCVLATENCY) == 250
         assert listener.option_int(srt.SRTO_RCVLATENCY) == 250
         assert caller.state() == srt.SRTS_CONNECTED
-        # SRTO_RCVSYN (2): off (libsrt's default is on), see relay.srt's docstring.
+        # SRTO_RCVSYN (2): off (libsrt's default is on), see relay.worker.srt's docstring.
         assert caller.get_option_int(srt.SRTO_RCVSYN) == 0
 
 
@@ -378,7 +378,7 @@ def test_recv_wakes_as_soon_as_data_is_due(listener: Listener) -> None:
 def test_tail_held_by_latency_is_read_before_eof(listener: Listener) -> None:
     """The peer closes while its last packets wait out a 1 s latency: none is lost.
 
-    libsrt fails srt_recvmsg with "Connection was broken" at once; relay.srt
+    libsrt fails srt_recvmsg with "Connection was broken" at once; relay.worker.srt
     waits for the held packets while SRTO_RCVDATA (20) counts some.
     """
     caller = connect(f"srt://127.0.0.1:{listener.port}?latency=1000000")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from relay.url_pull import MediaClock, SourceError, open_source, probe_http, redact
+from relay.worker.url_input import MediaClock, SourceError, open_source, probe_http, redact
 from tests.livekit import free_port
 from tests.media_http import MediaServer, serve_media
 

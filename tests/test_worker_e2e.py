@@ -17,9 +17,9 @@ from livekit.protocol import ingress as pb
 from livekit.protocol import models
 
 import rtmp
-from relay.tokens import participant_token
+from relay.service.ingest.tokens import participant_token
+from relay.service.ingest.worker_client import open_session_worker
 from relay.wire import Start
-from relay.worker_client import open_session_worker
 from tests.livekit import API_KEY, API_SECRET, LiveKitServer, watch
 from tests.test_decode import events
 

@@ -3,7 +3,7 @@ front's side of a WHIP ICE restart."""
 
 from __future__ import annotations
 
-from relay.worker import FrameRateLimiter
+from relay.worker.session import FrameRateLimiter
 
 
 def kept(fps_in: float, fps_out: float, seconds: float = 10.0) -> int:
@@ -34,7 +34,7 @@ def test_jumps_restart_the_cadence() -> None:
 
 
 def test_lag_gate_skips_pictures_far_behind_the_newest_arrival() -> None:
-    from relay.worker import LagGate
+    from relay.worker.session import LagGate
 
     gate = LagGate(500)
     assert gate.admit(0)  # nothing seen yet
@@ -75,8 +75,8 @@ async def test_ice_restart_answers_reach_the_restart_that_asked() -> None:
 
     import trio
 
+    from relay.service.ingest.worker_client import SessionWorker
     from relay.wire import IceCredentials, IceRestart
-    from relay.worker_client import SessionWorker
 
     process = await trio.lowlevel.open_process([sys.executable, "-c", FAKE_WORKER],
                                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)

@@ -24,11 +24,7 @@ from typing import Any
 
 import trio
 
-from . import aio_thread
-from .passthrough import EncodedVideoOutput
-from .publisher import PublishError
-from .whip_peer import EncodedPicture, PeerFailed, WhipPeer
-from .wire import (
+from relay.wire import (
     EndOfStream,
     IceCredentials,
     IceRestart,
@@ -39,7 +35,11 @@ from .wire import (
     WhipAnswer,
     WireError,
 )
-from .worker import (
+
+from . import aio_thread
+from .passthrough import EncodedVideoOutput
+from .publisher import PublishError
+from .session import (
     MAX_AUDIO_LAG_MS,
     MIME,
     NO_MEDIA_TIMEOUT,
@@ -48,6 +48,7 @@ from .worker import (
     Session,
     SessionFailed,
 )
+from .whip_peer import EncodedPicture, PeerFailed, WhipPeer
 
 log = logging.getLogger("relay.worker")
 

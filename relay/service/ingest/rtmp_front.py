@@ -2,11 +2,12 @@
 
 One task (and one nursery) per TCP connection. A connection goes through two phases:
 
-1. **Admission**, bounded by ``handshake_timeout`` from the TCP accept: the TLS handshake
-   (RTMPS), the RTMP handshake, ``connect``, ``createStream`` and ``publish``. A peer
-   that dribbles bytes (slowloris) is cut when the timeout expires. The stream key (the
-   last segment of the publish name) is looked up in the store and the publish refused
-   with an error ``onStatus`` (then the connection is closed) when:
+1. **Until publish**, bounded by ``handshake_timeout`` from the TCP accept: the TLS
+   handshake (RTMPS), the RTMP handshake, ``connect``, ``createStream`` and
+   ``publish``. A peer that dribbles bytes (slowloris) is cut when the timeout
+   expires. The stream key (the last segment of the publish name) goes to the
+   session host (lifetime.py), whose refusals become an error ``onStatus`` (then the
+   connection is closed):
 
    ============================== ============================ ======================
    case                           status code                  description
@@ -19,28 +20,16 @@ One task (and one nursery) per TCP connection. A connection goes through two pha
    no CPU capacity (admission)    NetStream.Publish.Denied     ``server capacity exceeded``
    ============================== ============================ ======================
 
-   The capacity check (relay/admission.py) comes last, so only a publish that would
-   otherwise be accepted takes a promise of CPU; the session holds it until it ends.
+2. **Live**: inside the host's session (registered, BUFFERING, a worker), the publish
+   is accepted and media events flow to :class:`InputStats` and the worker
+   (sink.py). The connection ends on the publisher's FCUnpublish/deleteStream or
+   disconnect (ENDPOINT_INACTIVE), on a protocol error or ``idle_timeout`` seconds
+   without a byte (ENDPOINT_ERROR with the reason), or when the session is cancelled
+   (ENDPOINT_INACTIVE): the host writes the final state.
 
-2. **Live**: the session is registered in the :class:`~relay.sessions.SessionRegistry`
-   under the ingress id (a newer publisher on the same key cancels this one: takeover;
-   DeleteIngress/UpdateIngress cancel it too), the state becomes ENDPOINT_BUFFERING with
-   a fresh ``RT_`` resource id and ``started_at``, and media events flow to
-   :class:`InputStats` and, if configured, a :class:`MediaSink`. The connection ends on
-   the publisher's FCUnpublish/deleteStream or disconnect (state ENDPOINT_INACTIVE), on
-   a protocol error or ``idle_timeout`` seconds without a byte (ENDPOINT_ERROR with the
-   reason), or when cancelled (ENDPOINT_INACTIVE). The final state keeps the session's
-   ``started_at``, so the store refuses it once a newer session has written its own.
-
-Media boundary (relay/sink.py, shared by every ingest front): a
-:data:`SinkFactory` is called once per accepted publish with its :class:`PublishContext`
-and returns an async context manager yielding a :class:`MediaSink`; the connection task
-awaits ``sink.send(event)`` for every media event (and ``onMetaData``) in arrival order.
-A sink that blocks (e.g. a full bounded ``trio`` memory channel) stops the connection
-from reading, which back-pressures the encoder over TCP; if it blocks longer than
-``idle_timeout`` the session ends with an error. Leaving the context manager is the
-sink's cleanup; it runs inside the connection's nursery, so tasks the sink starts there
-end with the connection.
+A worker that falls behind blocks ``sink.send``, which stops the connection from
+reading and back-pressures the encoder over TCP; if it blocks longer than
+``idle_timeout`` the session ends with an error.
 """
 
 from __future__ import annotations
@@ -48,24 +37,16 @@ from __future__ import annotations
 import logging
 import math
 import ssl
-import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from livekit.protocol import ingress as pb
 
 import rtmp
-from api.ids import RTMP_RESOURCE_PREFIX, new_resource_id
-from api.store import IngressStore
-from api.validation import transcoding_enabled
 
-from . import metrics
-from .admission import CAPACITY_EXCEEDED, Admission, Promise
-from .sessions import SHUTTING_DOWN, SessionRegistry, write_final_state
-from .sink import MediaFailure, MediaSink, PublishContext, SinkEvent, SinkFactory
+from .lifetime import Live, Refusal, Refused, SessionHost
+from .sink import MediaSink, SinkEvent, WorkerSink
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +55,10 @@ PROGRESS_INTERVAL = 2.0  # seconds between DEBUG progress lines of a live sessio
 FLUSH_TIMEOUT = 2.0  # seconds to deliver a refusal or a final reply before closing
 DRAIN_TIMEOUT = 2.0  # seconds to wait for the publisher's own close after a clean end
 
-UNKNOWN_KEY = "unknown stream key"
-DISABLED = "session is disabled"
-NOT_RTMP = "ingress is not an RTMP ingress"
-NO_ROOM = "no room name"
 ONE_PUBLISH = "one publish per connection"
 CLEAN_END = "publisher ended the stream"
 
 _MEDIA_TYPES = (*rtmp.MEDIA_EVENTS, rtmp.Metadata)
-
-
-# -- the media boundary -----------------------------------------------------------------
-
-
 
 
 @dataclass
@@ -209,27 +181,12 @@ class RtmpSettings:
     max_connections: int = 500
 
 
-class RtmpIngest:
-    """Accepts RTMP(S) connections and runs each as an ingest session."""
+class RtmpFront:
+    """Accepts RTMP(S) connections and runs each publish as a session of the host."""
 
-    def __init__(
-        self,
-        store: IngressStore,
-        sessions: SessionRegistry,
-        settings: RtmpSettings | None = None,
-        *,
-        sink_factory: SinkFactory | None = None,
-        draining: Callable[[], bool] = lambda: False,
-        admission: Admission | None = None,
-        clock_ns: Callable[[], int] = time.time_ns,
-    ) -> None:
-        self.store = store
-        self.sessions = sessions
+    def __init__(self, host: SessionHost, settings: RtmpSettings | None = None) -> None:
+        self.host = host
         self.settings = settings or RtmpSettings()
-        self.sink_factory = sink_factory
-        self.draining = draining
-        self.admission = admission or Admission.unlimited()
-        self.clock_ns = clock_ns
         self.connections = 0
 
     async def serve(
@@ -298,18 +255,12 @@ def _redact(key: str) -> str:
     return key[:4] + "..." if len(key) > 6 else "..."
 
 
-def _transcoding(info: pb.IngressInfo) -> str:
-    if info.HasField("enable_transcoding"):
-        return "true" if info.enable_transcoding else "false"
-    return "false" if info.bypass_transcoding else "true"
-
-
 class _Closed(Exception):
     """The peer went away (EOF, reset, TLS failure); the message says how."""
 
 
 class _Connection:
-    def __init__(self, ingest: RtmpIngest, stream: trio.abc.Stream, peer: str, scheme: str,
+    def __init__(self, ingest: RtmpFront, stream: trio.abc.Stream, peer: str, scheme: str,
                  nursery: trio.Nursery) -> None:
         self.ingest = ingest
         self.stream = stream
@@ -319,8 +270,8 @@ class _Connection:
         self.session = rtmp.ServerSession(
             rtmp.SessionConfig(max_message_size=ingest.settings.max_message_size))
         self.stats = InputStats()
-        self.live = False  # between accept and the final state write
-        self.promise: Promise | None = None  # the CPU admission gave an accepted publish
+        self.live = False  # between accept and the end of the session
+        self.ended_cleanly = False  # the publisher ended the stream (deleteStream)
 
     # -- I/O helpers ------------------------------------------------------------------
     async def _receive(self) -> bytes:
@@ -370,18 +321,23 @@ class _Connection:
             log.warning("%s closed: no publish request within %g s (handshake timeout)",
                         who, s.handshake_timeout)
             return
-        info, code, refusal = await self._admit(request)
-        if refusal:
-            self.session.reject_publish(refusal, code=code)
+        try:
+            info = await self.ingest.host.lookup("rtmp", request.stream_key)
+            async with self.ingest.host.session("rtmp", info,
+                                                labels={"peer": self.peer,
+                                                        "scheme": self.scheme}) as live:
+                await self._live(request, live)
+        except Refused as exc:
+            code = rtmp.STATUS_BAD_NAME if exc.reason in (
+                Refusal.UNKNOWN_KEY, Refusal.GONE) else rtmp.STATUS_DENIED
+            self.session.reject_publish(exc.text, code=code)
             await self._flush_briefly()
-            ingress = f" (ingress {info.ingress_id})" if info is not None else ""
+            ingress = f" (ingress {exc.info.ingress_id})" if exc.info is not None else ""
             log.warning("%s: publish (app %r, key %s) refused%s: %s", who, request.app,
-                        _redact(request.stream_key), ingress, refusal)
-            metrics.PUBLISH_STATUS.labels("rtmp", "rejected").inc()
+                        _redact(request.stream_key), ingress, exc.text)
             return
-        assert info is not None and self.promise is not None
-        with self.promise:
-            await self._live(request, info)
+        if self.ended_cleanly:
+            await self._drain()
 
     async def _until_publish(self) -> rtmp.PublishRequested:
         session = self.session
@@ -396,96 +352,29 @@ class _Connection:
             await self._flush()
             session.receive_data(await self._receive())
 
-    async def _admit(self, request: rtmp.PublishRequested
-                     ) -> tuple[pb.IngressInfo | None, str, str]:
-        """(ingress, status code, refusal text); empty text means accepted, and then
-        ``self.promise`` holds the session's CPU promise (released when it ends)."""
-        denied = rtmp.STATUS_DENIED
-        if self.ingest.draining():
-            return None, denied, SHUTTING_DOWN
-        info = await self.ingest.store.get_by_stream_key(request.stream_key)
-        if info is None:
-            return None, rtmp.STATUS_BAD_NAME, UNKNOWN_KEY
-        if info.input_type != pb.IngressInput.RTMP_INPUT:
-            return info, denied, NOT_RTMP
-        if info.HasField("enabled") and not info.enabled:
-            return info, denied, DISABLED
-        if not info.room_name:
-            return info, denied, NO_ROOM
-        admission = self.ingest.admission
-        self.promise = admission.reserve(
-            admission.cost_for("rtmp", transcoding_enabled(info)))
-        if self.promise is None:
-            return info, denied, CAPACITY_EXCEEDED
-        return info, "", ""
-
-    async def _live(self, request: rtmp.PublishRequested, info: pb.IngressInfo) -> None:
-        ingest, s = self.ingest, self.ingest.settings
-        ingress_id = info.ingress_id
-        resource_id = new_resource_id(RTMP_RESOURCE_PREFIX)
-        started_at = ingest.clock_ns()
-        who = f"{self.scheme} session {resource_id} of {ingress_id} from {self.peer}"
-        state = pb.IngressState(status=pb.IngressState.ENDPOINT_BUFFERING,
-                                resource_id=resource_id, started_at=started_at,
-                                updated_at=started_at)
-        status, error, reason = pb.IngressState.ENDPOINT_INACTIVE, "", ""
-        began = trio.current_time()
-        with trio.CancelScope() as scope, ingest.sessions.register(ingress_id, resource_id,
-                                                                   scope) as live:
-            try:
-                if not await ingest.store.update_state(ingress_id, state):
-                    if await ingest.store.get(ingress_id) is None:
-                        self.session.reject_publish(UNKNOWN_KEY)
-                        await self._flush_briefly()
-                        reason = "refused: the ingress was deleted while admitting"
-                        return
-                    log.warning("%s: the store holds a newer state; publishing anyway", who)
-                self.session.accept_publish()
-                self.live = True
-                await self._flush()
-                log.info("%s: publishing to room %r as %r (app %r)", who, info.room_name,
-                         info.participant_identity, request.app)
-                metrics.INGRESS_REQUESTS.labels("rtmp", _transcoding(info)).inc()
-                self.nursery.start_soon(self._report_progress, who)
-                ctx = PublishContext(info, resource_id, started_at, self.peer,
-                                     self.scheme == "rtmps", request.publish_name, request.app)
-                reason = await self._pump(request.stream_id, ctx)
-            except _Closed as exc:
-                reason = str(exc)
-            except rtmp.RTMPProtocolError as exc:
-                status, error = pb.IngressState.ENDPOINT_ERROR, f"RTMP protocol error: {exc}"
-                reason = error
-            except _IdleTimeout:
-                status = pb.IngressState.ENDPOINT_ERROR
-                error = reason = f"no data from the publisher for {s.idle_timeout:g} s"
-            except MediaFailure as exc:  # the pipeline failed: its text is the error
-                status = pb.IngressState.ENDPOINT_ERROR
-                error = reason = str(exc)
-            except Exception as exc:  # a bug (ours or a sink's): end this session only
-                log.exception("%s: unexpected error", who)
-                status = pb.IngressState.ENDPOINT_ERROR
-                error = reason = f"internal error: {type(exc).__name__}"
-            finally:
-                self.live = False
-                if not reason:  # cancelled: takeover, delete, update, shutdown
-                    reason = live.stop_reason or "cancelled"
-                await write_final_state(ingest.store, ingest.clock_ns, ingress_id, resource_id,
-                                        started_at, status, error)
-                elapsed = trio.current_time() - began
-                failed = status == pb.IngressState.ENDPOINT_ERROR
-                log.log(logging.WARNING if failed else logging.INFO,
-                        "%s ended after %.1f s: %s; %s", who, elapsed, reason,
-                        self.stats.describe())
-                metrics.PUBLISH_STATUS.labels("rtmp", pb.IngressState.Status.Name(status)).inc()
-        if reason == CLEAN_END:
-            await self._drain()
-
-    async def _pump(self, stream_id: int, ctx: PublishContext) -> str:
-        ingest = self.ingest
-        if ingest.sink_factory is None:
-            return await self._pump_into(stream_id, None)
-        async with ingest.sink_factory(ctx) as sink:
-            return await self._pump_into(stream_id, sink)
+    async def _live(self, request: rtmp.PublishRequested, live: Live) -> None:
+        """The publish, accepted, until it ends; the outcome goes to `live`."""
+        s = self.ingest.settings
+        self.session.accept_publish()
+        self.live = True
+        try:
+            await self._flush()
+            log.info("%s session %s: publishing (app %r)", self.scheme, live.resource_id,
+                     request.app)
+            self.nursery.start_soon(self._report_progress, f"{self.scheme} session "
+                                    f"{live.resource_id} of {live.ingress_id} from {self.peer}")
+            sink = WorkerSink(live.worker) if live.worker is not None else None
+            live.end(await self._pump_into(request.stream_id, sink), drain=True)
+            self.ended_cleanly = True
+        except _Closed as exc:
+            live.end(str(exc))
+        except rtmp.RTMPProtocolError as exc:
+            live.fail(f"RTMP protocol error: {exc}")
+        except _IdleTimeout:
+            live.fail(f"no data from the publisher for {s.idle_timeout:g} s")
+        finally:
+            self.live = False
+            live.labels["summary"] = "; " + self.stats.describe()
 
     async def _pump_into(self, stream_id: int, sink: MediaSink | None) -> str:
         session, stats, stream = self.session, self.stats, self.stream
@@ -533,9 +422,3 @@ class _Connection:
 
 class _IdleTimeout(Exception):
     pass
-
-
-@asynccontextmanager
-async def stats_sink(ctx: PublishContext) -> AsyncIterator[MediaSink]:
-    """A SinkFactory that only counts (what runs when no pipeline is configured)."""
-    yield InputStats()

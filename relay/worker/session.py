@@ -1,21 +1,15 @@
-"""A session worker: decode, shape and publish one ingest session into its room.
+"""One session inside its worker: decode, shape and publish into the room.
 
-Runs as a child process of the service (`python -m relay.worker`), one per live
-session: FFmpeg's decoders are C and may crash or hang on hostile input, and one
-Python process runs on one core. A crash here ends this session only; the
-service sees the exit and records ERROR.
-
-Protocol (relay/wire.py, msgpack on stdin/stdout): the front sends `Start`, then
-media events, then `EndOfStream` (or just closes stdin); the worker sends
-`StateReport`s. Exit status 0: clean end; 1: an error it reported; anything else
-(a signal, a crash) is the front's to report.
+`Session` holds what every input shares: the ingress' encoding options, the
+publisher, the input statistics and state reports, and the decode stages
+(`video_stage`, `audio_stage`) with their outputs (`PictureOutput` to the SDK's
+video source, `AudioOutput` to its audio source). The inputs (rtmp_input.py,
+url_input.py, whip_input.py) feed it; main.py picks the input.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +19,13 @@ from livekit.protocol import ingress as pb
 from livekit.protocol import models
 
 import rtmp
+from relay.wire import (
+    Message,
+    Start,
+    StateReport,
+    encode,
+)
 
-from . import aio_thread
 from .decode import AudioDecoder, DecodeError, VideoDecoder
 from .layers import (
     AudioEncoding,
@@ -37,16 +36,7 @@ from .layers import (
     video_encoding,
 )
 from .picture import I420Packer
-from .publisher import PublishError, RoomPublisher
-from .wire import (
-    EndOfStream,
-    Message,
-    MessageReader,
-    Start,
-    StateReport,
-    WireError,
-    encode,
-)
+from .publisher import RoomPublisher
 
 log = logging.getLogger("relay.worker")
 
@@ -346,151 +336,7 @@ class Session:
                 continue
             await output.play(decoded)
 
-    # -- input -----------------------------------------------------------------------
-
-    async def route(self, reader: MessageReader, stdin: trio.abc.ReceiveStream,
-                    video: trio.MemorySendChannel, audio: trio.MemorySendChannel
-                    ) -> EndOfStream:
-        """Feed the stages until the session ends; returns how it ended."""
-        skip_video = False
-        async with video, audio:
-            while True:
-                with trio.move_on_after(NO_MEDIA_TIMEOUT) as timeout:
-                    data = await stdin.receive_some(1 << 16)
-                if timeout.cancelled_caught:
-                    raise SessionFailed(f"no media received for {NO_MEDIA_TIMEOUT:.0f} s")
-                if not data:
-                    return EndOfStream("the service closed the session", drain=False)
-                reader.receive_data(data)
-                for message in reader:
-                    if isinstance(message, EndOfStream):
-                        return message
-                    if isinstance(message, rtmp.VideoConfig | rtmp.VideoFrame):
-                        if isinstance(message, rtmp.VideoFrame):
-                            self.video_in.count(message.dts, len(message.data))
-                            self.video_lag.observe(message.dts)
-                            if skip_video and not message.keyframe:
-                                self.dropped_video += 1
-                                continue
-                        try:
-                            video.send_nowait(message)
-                            skip_video = False
-                        except trio.WouldBlock:
-                            # Behind: drop video (never audio), up to the next keyframe
-                            # so the decoder resumes on a clean picture.
-                            skip_video = True
-                            self.dropped_video += 1
-                    elif isinstance(message, rtmp.AudioConfig | rtmp.AudioFrame):
-                        if isinstance(message, rtmp.AudioFrame):
-                            self.audio_in.count(message.dts, len(message.data))
-                            self.audio_lag.observe(message.dts)
-                        try:
-                            audio.send_nowait(message)
-                        except trio.WouldBlock:
-                            # the audio stage is seconds behind: a stalled audio stage
-                            # must not hold up video too
-                            self.dropped_audio += 1
-
-    async def feed_stages(self, stages: trio.Nursery, reader: MessageReader,
-                          stdin: trio.abc.ReceiveStream) -> EndOfStream:
-        """RTMP: the decode (or passthrough) stages, fed with the front's media events."""
-        video_send, video_recv = trio.open_memory_channel[object](VIDEO_QUEUE)
-        audio_send, audio_recv = trio.open_memory_channel[object](AUDIO_QUEUE)
-        if self.start.transcode:
-            stages.start_soon(self.video_stage, video_recv)
-        else:
-            from .passthrough import rtmp_passthrough_stage
-
-            stages.start_soon(rtmp_passthrough_stage, self, video_recv)
-        stages.start_soon(self.audio_stage, audio_recv)
-        return await self.route(reader, stdin, video_send, audio_send)
-
     async def report_stats(self) -> None:
         while True:
             await trio.sleep(STATS_INTERVAL)
             await self.report_state("stats")
-
-
-async def run(stdin: trio.abc.ReceiveStream, stdout: trio.abc.SendStream) -> int:
-    reader = MessageReader()
-    start: Start | None = None
-    while start is None:
-        data = await stdin.receive_some(1 << 16)
-        if not data:
-            return 0
-        reader.receive_data(data)
-        for message in reader:
-            if not isinstance(message, Start):
-                raise WireError(f"expected Start, got {type(message).__name__}")
-            start = message
-            break
-    if start.offer:
-        from .whip_session import run_whip  # aiortc is loaded by WHIP workers only
-
-        return await run_whip(start, reader, stdin, stdout)
-    session = Session(start, stdout)
-    pull = None
-    if start.url:
-        from .url_pull import UrlPull  # URL input: the worker pulls the media itself
-
-        pull = UrlPull(session, start.url)
-    failed = False
-    async with aio_thread.open_asyncio_thread():
-        try:
-            async with trio.open_nursery() as joining:  # open a URL while joining the room
-                if pull is not None:
-                    joining.start_soon(pull.open)
-                await session.publisher.connect(start.ws_url, start.token)
-            async with trio.open_nursery() as outer:
-                outer.start_soon(session.report_stats)
-                async with trio.open_nursery() as stages:
-                    if pull is not None:
-                        end = await pull.run(reader, stdin)
-                    else:
-                        end = await session.feed_stages(stages, reader, stdin)
-                    log.info("session ended: %s (video frames: %d in, %d to the SDK, "
-                             "dropped %d queued, %d late; audio frames: %d in, %d late)",
-                             end.reason or "source ended", session.video_in.frames,
-                             session.captured_video, session.dropped_video,
-                             session.video_lag.skipped, session.audio_in.frames,
-                             session.audio_lag.skipped)
-                    # a clean end publishes what is queued (for at most a second)
-                    stages.cancel_scope.deadline = trio.current_time() + (
-                        DRAIN_SECONDS if end.drain else 0)
-                outer.cancel_scope.cancel()
-        except* (SessionFailed, PublishError, DecodeError, WireError) as group:
-            failed = True
-            first: BaseException = group
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            message = str(first)
-            log.error("session failed: %s", message)
-            with trio.CancelScope(shield=True):
-                await session.report(StateReport("error", error=message))
-        finally:
-            with trio.CancelScope(shield=True):
-                await session.publisher.close()
-    return 1 if failed else 0
-
-
-def main() -> int:
-    logging.basicConfig(level=os.environ.get("INGRESS_WORKER_LOG", "INFO"),
-                        format="%(asctime)s %(levelname)s worker[%(process)d] %(name)s: "
-                               "%(message)s", stream=sys.stderr)
-
-    async def entry() -> int:
-        stdin = trio.lowlevel.FdStream(os.dup(0))
-        stdout = trio.lowlevel.FdStream(os.dup(1))
-        async with stdin, stdout:
-            return await run(stdin, stdout)
-
-    return trio.run(entry)
-
-
-if __name__ == "__main__":
-    # Run the module under its import name: the stage modules that import from
-    # relay.worker (passthrough, whip_session) raise relay.worker.SessionFailed, which
-    # __main__.SessionFailed would not catch.
-    from relay import worker
-
-    raise SystemExit(worker.main())

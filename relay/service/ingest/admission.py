@@ -7,7 +7,7 @@ ends in ENDPOINT_ERROR). The rule is LiveKit's, in cores::
     available = cpus * (1 - cpu_load) - promised - min_idle_ratio * cpus
     admit a session of cost C  iff  available >= C
 
-`cpu_load` is what :class:`relay.ops.NodeStatus` samples from /proc/stat once a
+`cpu_load` is what :class:`relay.service.status.NodeStatus` samples from /proc/stat once a
 second (the whole machine, 0..1 of all cores). A session's worker needs a few
 seconds to start (imports, joining the room) and the sampler up to a second more
 to see its load, so a burst of publishes would all be admitted against the same
@@ -17,7 +17,7 @@ session that ends earlier releases its promise at once (a refused or failed
 session must not keep blocking others).
 
 The class is sans-clock (``now`` is injected) and sans-I/O, so the rule is unit
-tested without processes; one instance is created in relay/server.py `serve()`
+tested without processes; one instance is created in relay/service/node.py `serve()`
 and shared by the RTMP, WHIP and URL fronts, all in one trio thread.
 """
 
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Literal, Protocol
 
-from .config import CpuCostConfig
+from ..config import CpuCostConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ SessionKind = Literal["rtmp", "whip", "url"]
 
 
 class CpuLoad(Protocol):
-    """What admission reads of :class:`relay.ops.NodeStatus`."""
+    """What admission reads of :class:`relay.service.status.NodeStatus`."""
 
     @property
     def cpu_load(self) -> float: ...

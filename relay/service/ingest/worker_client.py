@@ -20,8 +20,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from .trio_util import unwrap_single_exception
-from .wire import (
+from relay.wire import (
     EndOfStream,
     IceCredentials,
     IceRestart,
@@ -33,6 +32,8 @@ from .wire import (
     WireError,
     encode,
 )
+
+from ..trio_util import unwrap_single_exception
 
 log = logging.getLogger(__name__)
 

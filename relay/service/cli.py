@@ -18,10 +18,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import trio
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from livekit import api
+from livekit.api.twirp_client import ServerError
+from livekit.protocol import ingress as pb
 
 from .config import DEV_API_KEY, DEV_API_SECRET, ConfigError, load_config, log_level
+from .node import serve
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 
@@ -34,7 +39,7 @@ def _quiet_dev_key_warning() -> None:
 def tune_gc() -> None:
     """Once the service is up: move what startup built out of the collector's sight
     (gc.freeze) and collect the young generation less often. Every HTTP call allocates
-    many short-lived objects (measured under hypercorn, h11 and trio), and with CPython's
+    many short-lived objects (measured under hypercorn and trio), and with CPython's
     defaults the collections they trigger, full ones included, showed as the API's
     tail latency: p99.9 of ListIngress under 16 saturating clients 34 ms -> 17-20 ms
     (bench/api.py, docs/PERFORMANCE.md)."""
@@ -43,10 +48,6 @@ def tune_gc() -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import trio
-
-    from .server import serve
-
     try:
         config = load_config(args.config, dev=args.dev)
     except ConfigError as exc:
@@ -63,7 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
                 await nursery.start(serve, config)
                 tune_gc()
                 async for signum in signals:
-                    logging.getLogger("relay").info("signal %d: shutting down", signum)
+                    logging.getLogger("relay.service").info("signal %d: shutting down", signum)
                     nursery.cancel_scope.cancel()
                     break
 
@@ -112,9 +113,6 @@ def _client_args(args: argparse.Namespace) -> tuple[str, str, str]:
 
 
 async def _call(args: argparse.Namespace) -> Any:
-    from livekit import api
-    from livekit.protocol import ingress as pb
-
     url, key, secret = _client_args(args)
     if secret == DEV_API_SECRET:
         _quiet_dev_key_warning()
@@ -137,8 +135,6 @@ async def _call(args: argparse.Namespace) -> Any:
 
 
 def _client(args: argparse.Namespace) -> int:
-    from livekit.api.twirp_client import ServerError
-
     try:
         result = asyncio.run(_call(args))
     except ServerError as exc:

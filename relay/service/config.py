@@ -70,7 +70,7 @@ class RtcConfig:
 
 @dataclass(frozen=True)
 class CpuCostConfig:
-    """Admission control (`cpu_cost.*`, relay/admission.py): CPU cores a session is
+    """Admission control (`cpu_cost.*`, relay/service/ingest/admission.py): CPU cores a session is
     expected to use, and the share of all cores kept idle (`min_idle_ratio`).
 
     The defaults are measured for this implementation (docs/PERFORMANCE.md), not
@@ -121,9 +121,10 @@ class Config:
     rtmp_passthrough: bool = False
     health_port: int = 0
     prometheus_port: int = 0
-    # processes answering the HTTP listener: 1 is the service process alone; each one
-    # more is an API replica that answers ListIngress itself (relay/api_replica.py)
-    api_processes: int = 1
+    # TLS on the HTTP listener (API, WHIP): a page served over https can only POST
+    # WHIP to an https URL
+    http_cert_file: str = ""
+    http_key_file: str = ""
     rtmp_base_url: str = ""
     whip_base_url: str = ""
     data_dir: str = "data"
@@ -146,7 +147,8 @@ class Config:
     def whip_url(self) -> str:
         if self.whip_base_url or self.http_port <= 0:
             return self.whip_base_url
-        return f"http://{self.public_host}:{self.http_port}/w"
+        scheme = "https" if self.http_cert_file else "http"
+        return f"{scheme}://{self.public_host}:{self.http_port}/w"
 
     @property
     def store_path(self) -> Path:
@@ -157,6 +159,8 @@ _NESTED = {"logging": LoggingConfig, "rtc_config": RtcConfig, "cpu_cost": CpuCos
 _ALIASES = {"whip_port": "http_port"}
 _UNSUPPORTED = {
     "redis": "redis: not supported yet; this service keeps ingresses in SQLite under data_dir",
+    "api_processes": "api_processes: removed; one process serves the HTTP listener, and "
+                     "more capacity comes from more nodes",
 }
 
 
@@ -262,8 +266,8 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{name}: {port} is not a port (-1 turns it off)")
     if config.http_port < 0:
         raise ConfigError("http_port: the HTTP listener (API, WHIP) cannot be turned off")
-    if not 1 <= config.api_processes <= 64:
-        raise ConfigError(f"api_processes: {config.api_processes} is not between 1 and 64")
+    if bool(config.http_cert_file) != bool(config.http_key_file):
+        raise ConfigError("http_cert_file and http_key_file: give both or neither")
     for name in ("rtmp_handshake_timeout", "rtmp_idle_timeout"):
         if not 0 < getattr(config, name) < 86400:
             raise ConfigError(f"{name}: {getattr(config, name)} is not a number of seconds > 0")

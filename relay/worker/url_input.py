@@ -29,22 +29,20 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import av
 import av.error
 import trio
 
+from relay.wire import EndOfStream, MessageReader
+
 from . import srt
-from .wire import EndOfStream, MessageReader
-from .worker import MIME as CODEC_MIME
-from .worker import AudioOutput, PictureOutput, SessionFailed
+from .session import MIME as CODEC_MIME
+from .session import AudioOutput, PictureOutput, Session, SessionFailed
 
-if TYPE_CHECKING:
-    from .worker import Session
-
-log = logging.getLogger("relay.url_pull")
+log = logging.getLogger("relay.worker.url_input")
 
 OPEN_TIMEOUT = 10.0
 # A source that sends nothing for this long has stalled (the 30 s); tests

@@ -6,7 +6,7 @@ order differs from its decode order cannot pass, and neither can a codec the
 room's subscribers may not decode (HEVC, AV1, VP9 from RTMP). Such a source ends
 the session with an error that says what to change.
 
-Used by WHIP sessions (relay/whip_session.py) and, behind the `rtmp_passthrough`
+Used by WHIP sessions (relay/worker/whip_input.py) and, behind the `rtmp_passthrough`
 switch, by RTMP ingresses with enable_transcoding=false.
 """
 
@@ -17,7 +17,7 @@ import trio
 
 import rtmp
 
-from .worker import MIME, Session, SessionFailed
+from .session import MIME, Session, SessionFailed
 
 ADVICE = ("turn transcoding on for this ingress (enable_transcoding: true) or set the "
           "encoder to H.264 without B-frames (x264: -bf 0; OBS: profile baseline)")

@@ -8,19 +8,13 @@ cleanup runs in exactly one place: the session's own `finally`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import trio
-from livekit.protocol import ingress as pb
-
-from api.store import IngressStore
 
 log = logging.getLogger(__name__)
-
-STATE_WRITE_TIMEOUT = 5.0
-SHUTTING_DOWN = "server shutting down"  # the stop reason of every session at shutdown
 
 
 @dataclass
@@ -71,19 +65,3 @@ class SessionRegistry:
     def stop_all(self, reason: str) -> None:
         for ingress_id in list(self._live):
             self.stop(ingress_id, reason)
-
-
-async def write_final_state(store: IngressStore, clock_ns: Callable[[], int], ingress_id: str,
-                            resource_id: str, started_at: int, status: int,
-                            error: str) -> None:
-    """A session's last state; it names the session that ended (resource id, started_at),
-    so the store refuses it once a newer session has written its own. Shielded and
-    bounded: it runs in cleanup, possibly while cancelled."""
-    ended = clock_ns()
-    final = pb.IngressState(status=status, error=error, resource_id=resource_id,
-                            started_at=started_at, ended_at=ended, updated_at=ended)
-    with trio.move_on_after(STATE_WRITE_TIMEOUT, shield=True):
-        try:
-            await store.update_state(ingress_id, final)
-        except Exception:
-            log.exception("could not write the final state of %s", ingress_id)

@@ -14,10 +14,6 @@ INGRESS_REQUESTS = Counter(
 PUBLISH_STATUS = Counter(
     "livekit_ingress_publish_status", "Ingest sessions by final status", ["type", "status"]
 )
-PACKET_LATENCY = Histogram(
-    "livekit_ingress_packet_latency_seconds", "Time from packet arrival to publication",
-    ["track", "ingress_type"],
-)
 NODE_CPU_LOAD = Gauge("livekit_node_cpu_load", "Fraction of the node's CPU in use (0..1)")
 AVAILABLE = Gauge("livekit_ingress_available", "1 while this node accepts new sessions")
 

@@ -1,0 +1,1 @@
+"""The HTTP listener: one quart-trio app served by hypercorn."""

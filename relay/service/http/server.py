@@ -1,0 +1,179 @@
+"""hypercorn serving the node's quart-trio apps, each connection in its own fault box.
+
+hypercorn does the HTTP (its h11 protocol and its trio `TCPServer`, one per
+connection, with the listener's settings below). This module is the accept loop
+around it, in place of `hypercorn.trio.serve`, for two defects of hypercorn 0.18
+that the `http` fuzz harness found (fuzz/fuzz_http.py, corpus files named in
+docs/DESIGN.md):
+
+* a request that h11 refuses while a response is being written makes two tasks
+  write to the socket at once; trio's BusyResourceError then escapes `TCPServer`
+  and, under `hypercorn.trio.serve`, ends the whole listener (one client could take
+  the node's API down). Here it ends that connection, with a warning.
+* a pipelined request after a response that closes the connection leaves the
+  connection's reader waiting forever for a "can read" event nobody sets: the
+  socket is closed but the task and its buffers stay. Here a connection whose
+  stream was closed is cancelled `CLOSE_GRACE` seconds later if it has not ended.
+
+Settings (hypercorn's own keys; nothing here parses HTTP):
+
+* ``keep_alive_timeout`` 75 s: idle keep-alive connections are closed after it.
+* ``read_timeout`` 30 s: a connection silent in the middle of a request is closed.
+* ``h11_max_incomplete_size`` 64 KiB: a request head still incomplete past this is
+  refused (431) before the app sees it. Bodies are bounded by the app: 1 MiB for
+  Twirp (api/twirp.py), 64 KiB for WHIP and the rest (app.py).
+* ``keep_alive_max_requests``: no cap; hypercorn's default of 1,000 calls per
+  connection would make every API client reconnect mid-stream.
+* ``graceful_timeout`` 2 s: on shutdown, calls in flight get this long to finish;
+  idle keep-alive connections close at once.
+* TLS when ``http_cert_file``/``http_key_file`` are configured: a browser on an
+  https page can only POST WHIP to an https URL.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.utils import repr_socket_addr, wrap_app
+
+log = logging.getLogger(__name__)
+
+KEEP_ALIVE_TIMEOUT = 75
+READ_TIMEOUT = 30
+MAX_HEAD_BYTES = 64 * 1024
+GRACEFUL_TIMEOUT = 2.0
+CLOSE_GRACE = 5.0  # a connection still running this long after its socket closed is ended
+NO_REQUEST_CAP = 1 << 62
+
+
+def listener_config(host: str, port: int, *, cert_file: str = "", key_file: str = ""
+                    ) -> HypercornConfig:
+    """hypercorn's configuration of one listener (see the module docstring)."""
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
+    config.read_timeout = READ_TIMEOUT
+    config.h11_max_incomplete_size = MAX_HEAD_BYTES
+    config.keep_alive_max_requests = NO_REQUEST_CAP
+    config.graceful_timeout = GRACEFUL_TIMEOUT
+    config.include_server_header = False
+    config.accesslog = None
+    config.errorlog = logging.getLogger("relay.service.http.hypercorn")
+    config.backlog = 1024
+    if cert_file:
+        config.certfile, config.keyfile = cert_file, key_file
+        config.alpn_protocols = ["http/1.1"]
+    return config
+
+
+async def serve_app(app: Any, config: HypercornConfig, *,
+                    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+    """Serve `app` on `config.bind` until cancelled; started with the URLs it listens
+    on (port 0: the real port)."""
+    asgi = wrap_app(app, config.wsgi_max_body_size, None)
+    context = WorkerContext(None)
+    sockets = config.create_sockets()
+    ssl_context = config.create_ssl_context()
+    listeners: list[trio.abc.Listener[Any]] = []
+    urls = []
+    for sock in sockets.secure_sockets + sockets.insecure_sockets:
+        sock.listen(config.backlog)
+        listener: trio.abc.Listener[Any] = trio.SocketListener(
+            trio.socket.from_stdlib_socket(sock))
+        scheme = "http"
+        if ssl_context is not None:
+            listener = trio.SSLListener(listener, ssl_context, https_compatible=True)
+            scheme = "https"
+        listeners.append(listener)
+        urls.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")
+
+    async def handler(stream: trio.abc.Stream) -> None:
+        await serve_connection(asgi, config, context, stream)
+
+    lifespan = Lifespan(asgi, config, {})
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as connections:
+            try:
+                async with trio.open_nursery() as accepting:
+                    await accepting.start(partial(trio.serve_listeners, handler, listeners,
+                                                  handler_nursery=connections))
+                    task_status.started(urls)
+                    await trio.sleep_forever()
+            finally:
+                # graceful: idle connections close now, calls in flight may finish
+                with trio.CancelScope(shield=True):
+                    await context.terminated.set()
+                connections.cancel_scope.shield = True
+                connections.cancel_scope.deadline = trio.current_time() + (
+                    config.graceful_timeout)
+        lifespan_nursery.cancel_scope.cancel()
+
+
+async def serve_connection(asgi: Any, config: HypercornConfig, context: WorkerContext,
+                      stream: trio.abc.Stream) -> None:
+    """One connection to its end; whatever goes wrong in it stays in it."""
+    watched = _WatchedStream(stream)
+    try:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watched.end_after_close, scope)
+                await TCPServer(asgi, config, context, {}, watched).run()  # type: ignore[arg-type]
+                nursery.cancel_scope.cancel()
+        if scope.cancelled_caught:
+            log.warning("HTTP connection from %s still running %.0f s after its socket "
+                        "closed: ended", watched.peer(), CLOSE_GRACE)
+    except Exception as exc:  # a fault of the server in this connection: end it only
+        log.warning("HTTP connection from %s ended by a server fault: %r", watched.peer(),
+                    exc)
+        await trio.aclose_forcefully(stream)
+
+
+class _WatchedStream:
+    """A connection's stream that knows when hypercorn closed it (its EOF or aclose;
+    everything else is passed through, so hypercorn sees the socket, or the TLS
+    stream, it expects)."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self._closed = trio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    async def send_all(self, data: bytes) -> None:
+        await self._stream.send_all(data)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:  # hypercorn sends EOF only when it closes
+        self._closed.set()
+        await self._stream.send_eof()  # type: ignore[attr-defined]
+
+    async def aclose(self) -> None:
+        self._closed.set()
+        await self._stream.aclose()
+
+    async def end_after_close(self, scope: trio.CancelScope) -> None:
+        await self._closed.wait()
+        await trio.sleep(CLOSE_GRACE)
+        scope.cancel()
+
+    def peer(self) -> str:
+        sock = getattr(self._stream, "socket", None) or getattr(
+            getattr(self._stream, "transport_stream", None), "socket", None)
+        try:
+            host, port = sock.getpeername()[:2]
+        except (AttributeError, OSError, ValueError):
+            return "?"
+        return f"{host}:{port}"

@@ -1,0 +1,140 @@
+"""The service process of one node: what runs, wired together.
+
+`serve()` is a trio task that reports its bound addresses through `nursery.start()`
+and runs until cancelled; the CLI cancels it on SIGINT/SIGTERM. Its parts:
+
+* the control plane (ingest/control.py): the SQLite store and this node's Twirp API;
+* the session host (ingest/lifetime.py) and the three fronts that feed it: RTMP(S)
+  listeners, WHIP resources on the HTTP listener, URL pulls;
+* hypercorn serving the quart-trio app (http/): Twirp, WHIP, health, metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+
+import trio
+from livekit.protocol import ingress as pb
+
+from api.auth import Authenticator
+from api.service import EndpointUrls, IngressService
+from api.store import open_sqlite_store
+from api.twirp import TwirpServer
+
+from .config import Config
+from .http.app import create_app, create_ops_app, record_call
+from .http.server import listener_config, serve_app
+from .ingest.admission import Admission
+from .ingest.control import LocalControlPlane
+from .ingest.lifetime import SHUTTING_DOWN, SessionHost, WorkerSettings
+from .ingest.registry import SessionRegistry
+from .ingest.rtmp_front import RtmpFront, RtmpSettings, load_ssl_context
+from .ingest.url_front import UrlFront
+from .ingest.whip_front import WhipFront
+from .status import NodeStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Where the service listens, as reported once it is ready."""
+
+    http: str
+    health: str | None = None
+    prometheus: str | None = None
+    rtmp: str | None = None  # host:port of the RTMP listener
+    rtmps: str | None = None
+
+
+class NodeCommands:
+    """SessionCommands of this node: what the control plane tells its sessions."""
+
+    def __init__(self, registry: SessionRegistry, pulls: UrlFront | None) -> None:
+        self.registry = registry
+        self.pulls = pulls
+
+    def stop(self, ingress_id: str, reason: str) -> bool:
+        return self.registry.stop(ingress_id, reason)
+
+    def start_pull(self, info: pb.IngressInfo) -> None:
+        if self.pulls is None:  # no LiveKit server configured: the ingress stays INACTIVE
+            log.warning("URL ingress %s not pulled: no ws_url configured", info.ingress_id)
+            return
+        self.pulls.start(info)
+
+
+async def serve(config: Config,
+                task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED) -> None:
+    if config.dev:
+        log.warning("DEVELOPMENT MODE: API key %r with the well-known secret; "
+                    "never expose this node", config.api_key)
+    status = NodeStatus(config.cpu_cost.min_idle_ratio)
+    registry = SessionRegistry()
+    host_name = config.bind_address
+    workers = None
+    if config.ws_url:
+        workers = WorkerSettings(config.ws_url, config.api_key, config.api_secret)
+    else:
+        log.warning("no ws_url configured: RTMP sessions are accepted but publish nowhere")
+    async with open_sqlite_store(config.store_path) as store, trio.open_nursery() as nursery:
+        control = LocalControlPlane(store)
+        # without ws_url no worker runs: a session is the RTMP front alone (0.4% of a
+        # core, docs/PERFORMANCE.md), which cpu_cost does not describe
+        admission = Admission(status, config.cpu_cost) if workers else Admission.unlimited()
+        host = SessionHost(control, registry, workers=workers, admission=admission,
+                           draining=lambda: status.draining)
+        pulls = whip = None
+        if workers is not None:
+            pulls = UrlFront(host)
+            await nursery.start(pulls.run)
+            node_ip = config.rtc_config.node_ip
+            whip = WhipFront(host, host_addresses=(node_ip,) if node_ip else (),
+                             ice_ports=config.rtc_config.ice_ports())
+            await nursery.start(whip.run)
+        commands = NodeCommands(registry, pulls)
+        service = IngressService(store, EndpointUrls(config.rtmp_url, config.whip_url),
+                                 commands, rtmp_passthrough=config.rtmp_passthrough)
+        await nursery.start(control.run, commands)
+        twirp = TwirpServer(service, Authenticator({config.api_key: config.api_secret}),
+                            record=record_call)
+        nursery.start_soon(status.sample_cpu)
+        app = create_app(status, twirp, whip)
+        http = (await nursery.start(partial(
+            serve_app, app, listener_config(host_name, config.http_port,
+                                            cert_file=config.http_cert_file,
+                                            key_file=config.http_key_file))))[0]
+        health = prometheus = None
+        ops_app = create_ops_app(status)
+        if config.health_port > 0:
+            health = (await nursery.start(partial(
+                serve_app, ops_app, listener_config(host_name, config.health_port))))[0]
+        if config.prometheus_port > 0:
+            prometheus = (await nursery.start(partial(
+                serve_app, ops_app, listener_config(host_name, config.prometheus_port))))[0]
+        rtmp = rtmps = None
+        if config.rtmp_port >= 0 or config.rtmps_port >= 0:
+            ingest = RtmpFront(host, RtmpSettings(
+                handshake_timeout=config.rtmp_handshake_timeout,
+                idle_timeout=config.rtmp_idle_timeout,
+                max_message_size=config.rtmp_max_message_size,
+                max_connections=config.rtmp_max_connections,
+            ))
+            if config.rtmp_port >= 0:
+                rtmp = await nursery.start(ingest.serve, host_name, config.rtmp_port)
+            if config.rtmps_port >= 0:
+                context = load_ssl_context(config.rtmps_cert_file, config.rtmps_key_file)
+                rtmps = await nursery.start(ingest.serve, host_name, config.rtmps_port,
+                                            context)
+        bound = Bound(http, health, prometheus, rtmp, rtmps)
+        parts = [f"api {http}"] + [f"{name} {addr}" for name, addr in
+                                   (("rtmp", rtmp), ("rtmps", rtmps)) if addr]
+        log.info("ingress service ready: %s, store %s", ", ".join(parts), config.store_path)
+        task_status.started(bound)
+        try:
+            await trio.sleep_forever()
+        finally:
+            status.drain()
+            registry.stop_all(SHUTTING_DOWN)

@@ -1,0 +1,108 @@
+"""The session worker process: read `Start`, run the session's input, exit.
+
+Runs as a child process of the service (`python -m relay.worker`), one per live
+session: FFmpeg's decoders are C and may crash or hang on hostile input, and one
+Python process runs on one core. A crash here ends this session only; the
+service sees the exit and records ERROR.
+
+Protocol (relay/wire.py, msgpack on stdin/stdout): the front sends `Start`, then
+media events (RTMP), then `EndOfStream` (or just closes stdin); the worker sends
+`StateReport`s. One input per worker: RTMP events from the front
+(rtmp_input.py), a URL it pulls itself (url_input.py), or a WHIP offer it answers
+and receives over its own peer connection (whip_input.py). Exit status 0: clean
+end; 1: an error it reported; anything else (a signal, a crash) is the front's to
+report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import trio
+
+from relay.wire import MessageReader, Start, StateReport, WireError
+
+from . import aio_thread
+from .decode import DecodeError
+from .publisher import PublishError
+from .rtmp_input import run_rtmp
+from .session import DRAIN_SECONDS, Session, SessionFailed
+from .url_input import UrlPull
+
+log = logging.getLogger("relay.worker")
+
+
+async def run(stdin: trio.abc.ReceiveStream, stdout: trio.abc.SendStream) -> int:
+    reader = MessageReader()
+    start: Start | None = None
+    while start is None:
+        data = await stdin.receive_some(1 << 16)
+        if not data:
+            return 0
+        reader.receive_data(data)
+        for message in reader:
+            if not isinstance(message, Start):
+                raise WireError(f"expected Start, got {type(message).__name__}")
+            start = message
+            break
+    if start.offer:
+        # imported here, not above: aiortc (~0.3 s, ~20 MB) is for WHIP workers only
+        from .whip_input import run_whip
+
+        return await run_whip(start, reader, stdin, stdout)
+    session = Session(start, stdout)
+    pull = UrlPull(session, start.url) if start.url else None  # the worker pulls the URL
+    failed = False
+    async with aio_thread.open_asyncio_thread():
+        try:
+            async with trio.open_nursery() as joining:  # open a URL while joining the room
+                if pull is not None:
+                    joining.start_soon(pull.open)
+                await session.publisher.connect(start.ws_url, start.token)
+            async with trio.open_nursery() as outer:
+                outer.start_soon(session.report_stats)
+                async with trio.open_nursery() as stages:
+                    if pull is not None:
+                        end = await pull.run(reader, stdin)
+                    else:
+                        end = await run_rtmp(session, stages, reader, stdin)
+                    log.info("session ended: %s (video frames: %d in, %d to the SDK, "
+                             "dropped %d queued, %d late; audio frames: %d in, %d late)",
+                             end.reason or "source ended", session.video_in.frames,
+                             session.captured_video, session.dropped_video,
+                             session.video_lag.skipped, session.audio_in.frames,
+                             session.audio_lag.skipped)
+                    # a clean end publishes what is queued (for at most a second)
+                    stages.cancel_scope.deadline = trio.current_time() + (
+                        DRAIN_SECONDS if end.drain else 0)
+                outer.cancel_scope.cancel()
+        except* (SessionFailed, PublishError, DecodeError, WireError) as group:
+            failed = True
+            first: BaseException = group
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            message = str(first)
+            log.error("session failed: %s", message)
+            with trio.CancelScope(shield=True):
+                await session.report(StateReport("error", error=message))
+        finally:
+            with trio.CancelScope(shield=True):
+                await session.publisher.close()
+    return 1 if failed else 0
+
+
+def main() -> int:
+    logging.basicConfig(level=os.environ.get("INGRESS_WORKER_LOG", "INFO"),
+                        format="%(asctime)s %(levelname)s worker[%(process)d] %(name)s: "
+                               "%(message)s", stream=sys.stderr)
+
+    async def entry() -> int:
+        stdin = trio.lowlevel.FdStream(os.dup(0))
+        stdout = trio.lowlevel.FdStream(os.dup(1))
+        async with stdin, stdout:
+            return await run(stdin, stdout)
+
+    return trio.run(entry)
+
