@@ -1,12 +1,13 @@
 """The server side of an RTMP connection, sans-IO (h11 style).
 
 Feed bytes with :meth:`ServerSession.receive_data`, pull events with
-:meth:`ServerSession.next_event` until it returns None, write
-:meth:`ServerSession.data_to_send` to the socket. The session answers the protocol on
-its own (handshake, connect, createStream, pings, acknowledgements) but never decides
-whether a publish is allowed: it emits :class:`PublishRequested` and *pauses*
-(``next_event`` returns None) until the caller calls :meth:`accept_publish` or
-:meth:`reject_publish`.
+:meth:`ServerSession.next_event` while it returns one (``isinstance(event, rtmp.Event)``),
+write :meth:`ServerSession.data_to_send` to the socket. When there is no event,
+``next_event`` says why with a sentinel: :data:`NEED_DATA` (receive more bytes) or
+:data:`PAUSED`. The session answers the protocol on its own (handshake, connect,
+createStream, pings, acknowledgements) but never decides whether a publish is allowed:
+it emits :class:`PublishRequested` and *pauses* (``next_event`` returns :data:`PAUSED`)
+until the caller calls :meth:`accept_publish` or :meth:`reject_publish`.
 
 Media and data messages on a message stream that is not an accepted publish (no
 publish yet, rejected, or ended) are dropped and counted in ``dropped_messages``: a
@@ -60,6 +61,7 @@ from ._events import (
 )
 from ._flv import iter_tags, parse_audio_tag, parse_video_tag, script_event
 from ._handshake import HANDSHAKE_SIZE, server_hello
+from ._state import NEED_DATA, PAUSED
 
 __all__ = ["STATUS_BAD_NAME", "STATUS_DENIED", "ServerSession", "SessionConfig"]
 
@@ -166,16 +168,21 @@ class ServerSession:
         if size > self.config.max_receive_buffer:
             self._fail("receive buffer overflow (next_event not called, or paused)")
 
-    def next_event(self) -> Event | None:
-        """The next event, or None if more bytes are needed or a publish awaits an answer."""
+    def next_event(self) -> Event | type[NEED_DATA] | type[PAUSED]:
+        """The next event; else :data:`NEED_DATA` (more bytes needed) or :data:`PAUSED`.
+
+        :data:`PAUSED` means a publish awaits :meth:`accept_publish` or
+        :meth:`reject_publish`: nothing more is parsed until one is called. Loop with
+        ``while isinstance(event := session.next_event(), rtmp.Event):``.
+        """
         self._check_alive()
         try:
             while not self._events:
                 if self._pending is not None:
-                    return None
+                    return PAUSED
                 if self._hs_state != "done":
                     if not self._handshake():
-                        return None
+                        return NEED_DATA
                     continue
                 msg = self._reader.next_message()
                 ack = self._reader.take_ack()
@@ -184,7 +191,7 @@ class ServerSession:
                 if msg is None:
                     if ack is not None:
                         continue  # paused at an ack, not out of bytes
-                    return None
+                    return NEED_DATA
                 self._handle(msg)
         except RTMPProtocolError as exc:
             self._fail(str(exc))

@@ -33,7 +33,7 @@ def drive(data: bytes, config: rtmp.SessionConfig = CAPS, step: int = 0) -> list
     parts = [data[i : i + step] for i in range(0, len(data), step)] if step else [data]
     for part in parts:
         session.receive_data(part)
-        while (ev := session.next_event()) is not None:
+        while isinstance(ev := session.next_event(), rtmp.Event):
             events.append(ev)
             if isinstance(ev, rtmp.PublishRequested):
                 session.accept_publish()
