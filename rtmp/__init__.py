@@ -28,7 +28,8 @@ not accepted is dropped (counted in ``ServerSession.dropped_messages``), never a
 Errors: any malformed, hostile or unsupported input raises :class:`RTMPProtocolError`
 (a ``ValueError``) from ``receive_data``/``next_event``; nothing else escapes, and the
 session stays failed afterwards. Calling ``accept_publish``/``reject_publish`` with no
-publish pending is a local bug and raises ``RuntimeError``.
+publish pending is a local bug and raises ``RuntimeError``. Connection and stream
+states move only through the transition table in ``rtmp/_state.py``.
 
 Media-event boundary (what the media pipeline consumes; identical for a live RTMP
 publish and for an FLV file read with :class:`FLVReader` + :func:`parse_tag`):

@@ -9,6 +9,8 @@ createStream, pings, acknowledgements) but never decides whether a publish is al
 it emits :class:`PublishRequested` and *pauses* (``next_event`` returns :data:`PAUSED`)
 until the caller calls :meth:`accept_publish` or :meth:`reject_publish`.
 
+Connection and stream states move only through the table in :mod:`rtmp._state`.
+
 Media and data messages on a message stream that is not an accepted publish (no
 publish yet, rejected, or ended) are dropped and counted in ``dropped_messages``: a
 client cannot make the session buffer or emit media it did not agree to.
@@ -61,7 +63,7 @@ from ._events import (
 )
 from ._flv import iter_tags, parse_audio_tag, parse_video_tag, script_event
 from ._handshake import HANDSHAKE_SIZE, server_hello
-from ._state import NEED_DATA, PAUSED
+from ._state import NEED_DATA, PAUSED, ConnState, StreamState, Trigger, allowed, transition
 
 __all__ = ["STATUS_BAD_NAME", "STATUS_DENIED", "ServerSession", "SessionConfig"]
 
@@ -75,6 +77,7 @@ _UC_PING_RESPONSE = 7
 _CSID_CONTROL = 2
 _CSID_COMMAND = 3
 _CSID_STREAM = 5
+_HANDSHAKE = frozenset({ConnState.AWAIT_C0C1, ConnState.AWAIT_C2})
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ class _Stream:
     __slots__ = ("key", "name", "state")
 
     def __init__(self) -> None:
-        self.state = "idle"  # idle | pending | publishing | rejected | ended
+        self.state = StreamState.IDLE
         self.name = ""
         self.key = ""
 
@@ -117,7 +120,7 @@ class ServerSession:
     def __init__(self, config: SessionConfig | None = None) -> None:
         self.config = config or SessionConfig()
         self._hs_buf = bytearray()
-        self._hs_state = "c0c1"  # c0c1 | c2 | done
+        self._state = ConnState.AWAIT_C0C1
         self._digest = False
         self._reader = ChunkReader(
             max_chunk_size=self.config.max_chunk_size,
@@ -129,8 +132,7 @@ class ServerSession:
         self._writer = ChunkWriter(128)
         self._out = bytearray()
         self._events: deque[Event] = deque()
-        self._failed: str | None = None
-        self._connected = False
+        self._failed = ""  # why the session is FAILED
         self._streams: dict[int, _Stream] = {}
         self._next_stream_id = 1
         self._pending: int | None = None
@@ -154,12 +156,12 @@ class ServerSession:
     @property
     def publishing_streams(self) -> tuple[int, ...]:
         """Ids of accepted, not yet ended publishes."""
-        return tuple(i for i, s in self._streams.items() if s.state == "publishing")
+        return tuple(i for i, s in self._streams.items() if s.state is StreamState.PUBLISHING)
 
     def receive_data(self, data: bytes) -> None:
         """Hand over bytes read from the socket (parsing happens in :meth:`next_event`)."""
         self._check_alive()
-        if self._hs_state != "done":
+        if self._state in _HANDSHAKE:
             self._hs_buf += data
             size = len(self._hs_buf)
         else:
@@ -180,7 +182,7 @@ class ServerSession:
             while not self._events:
                 if self._pending is not None:
                     return PAUSED
-                if self._hs_state != "done":
+                if self._state in _HANDSHAKE:
                     if not self._handshake():
                         return NEED_DATA
                     continue
@@ -207,8 +209,7 @@ class ServerSession:
 
     def accept_publish(self, stream_id: int | None = None) -> None:
         """Accept the pending publish: Stream Begin, onStatus Publish.Start, onFCPublish."""
-        st, sid = self._take_pending(stream_id)
-        st.state = "publishing"
+        st, sid = self._answer(Trigger.ACCEPT, stream_id)
         self._send(_CSID_CONTROL, MSG_USER_CONTROL, 0, struct.pack(">HI", _UC_STREAM_BEGIN, sid))
         self._status(
             sid,
@@ -234,8 +235,7 @@ class ServerSession:
         Media on the stream is dropped afterwards; callers usually close the connection
         once :meth:`data_to_send` is flushed.
         """
-        st, sid = self._take_pending(stream_id)
-        st.state = "rejected"
+        _, sid = self._answer(Trigger.REJECT, stream_id)
         self._status(sid, "error", code, description)
 
     def send_ping(self, timestamp: int) -> None:
@@ -249,23 +249,30 @@ class ServerSession:
 
     # -- internals ------------------------------------------------------------------------
     def _check_alive(self) -> None:
-        if self._failed is not None:
+        if self._state is ConnState.FAILED:
             raise RTMPProtocolError(f"session already failed: {self._failed}")
 
+    def _to(self, trigger: Trigger) -> None:
+        self._state = transition(self._state, trigger, "connection")
+
     def _fail(self, reason: str) -> None:
+        self._to(Trigger.FAIL)
         self._failed = reason
         raise RTMPProtocolError(reason) from None
 
-    def _take_pending(self, stream_id: int | None) -> tuple[_Stream, int]:
+    def _answer(self, trigger: Trigger, stream_id: int | None) -> tuple[_Stream, int]:
+        """Move the pending publish's stream by the caller's ``trigger``; unpause."""
         sid = self._pending
         if sid is None or (stream_id is not None and stream_id != sid):
             raise RuntimeError("no such publish is waiting for an answer")
+        st = self._streams[sid]
+        st.state = transition(st.state, trigger, f"stream {sid}")
         self._pending = None
-        return self._streams[sid], sid
+        return st, sid
 
     def _handshake(self) -> bool:
         buf = self._hs_buf
-        if self._hs_state == "c0c1":
+        if self._state is ConnState.AWAIT_C0C1:
             if len(buf) < 1 + HANDSHAKE_SIZE:
                 return False
             reply, self._digest = server_hello(
@@ -274,13 +281,13 @@ class ServerSession:
             del buf[: 1 + HANDSHAKE_SIZE]
             self.handshake_bytes += 1 + HANDSHAKE_SIZE
             self._out += reply
-            self._hs_state = "c2"
+            self._to(Trigger.C0C1)
         if len(buf) < HANDSHAKE_SIZE:
             return False
         # C2 is not checked: real clients echo S1 in various approximate ways
         del buf[:HANDSHAKE_SIZE]
         self.handshake_bytes += HANDSHAKE_SIZE
-        self._hs_state = "done"
+        self._to(Trigger.C2)
         self._reader.feed(bytes(buf))
         self._hs_buf = bytearray()
         self._events.append(HandshakeComplete(self._digest))
@@ -357,7 +364,7 @@ class ServerSession:
 
     def _on_media(self, msg: RTMPMessage) -> None:
         st = self._streams.get(msg.stream_id)
-        if st is None or st.state != "publishing":
+        if st is None or st.state is not StreamState.PUBLISHING:
             self.dropped_messages += 1
             return
         sid, ts = msg.stream_id, msg.timestamp
@@ -382,7 +389,7 @@ class ServerSession:
         if name == "connect":
             self._on_connect(txn, cmd_obj, args)
             return
-        if not self._connected:
+        if self._state is not ConnState.CONNECTED:
             raise RTMPProtocolError(f"command {name!r} before connect")
         if name in ("releaseStream", "FCPublish"):
             if (
@@ -401,28 +408,27 @@ class ServerSession:
         elif name == "FCUnpublish":
             target = args[0] if args and isinstance(args[0], str) else None
             for sid, st in self._streams.items():
-                if st.state == "publishing" and target in (st.name, st.key):
+                if allowed(st.state, Trigger.UNPUBLISH) and target in (st.name, st.key):
                     self._end(sid, st, "FCUnpublish")
             if txn:
                 self._command(0, "_result", txn, None, UNDEFINED)
         elif name == "closeStream":
             st = self._streams.get(stream_id)
-            if st is not None and st.state == "publishing":
+            if st is not None and allowed(st.state, Trigger.UNPUBLISH):
                 self._end(stream_id, st, "closeStream")
         elif name == "deleteStream":
             raw = args[0] if args else None
             sid = int(raw) if is_finite_number(raw) and 0 <= raw < 2**32 else stream_id
             st = self._streams.get(sid)
             if st is not None:
-                if st.state == "publishing":
+                if allowed(st.state, Trigger.UNPUBLISH):
                     self._end(sid, st, "deleteStream")
                 del self._streams[sid]
         else:
             self._events.append(CommandReceived(name, float(txn), cmd_obj, tuple(args), stream_id))
 
     def _on_connect(self, txn: float, cmd_obj: Any, args: list[Any]) -> None:
-        if self._connected:
-            raise RTMPProtocolError("second connect on one connection")
+        self._to(Trigger.CONNECT)  # a second connect is the peer's error
         props: dict[str, Any] = cmd_obj if isinstance(cmd_obj, dict) else {}
 
         def text(key: str) -> str:
@@ -439,7 +445,6 @@ class ServerSession:
         amap = props.get("audioFourCcInfoMap")
         caps = props.get("capsEx")
         caps_ex = int(caps) if is_finite_number(caps) and 0 <= caps < 2**32 else None
-        self._connected = True
         self.app = text("app")
         self.tc_url = text("tcUrl")
 
@@ -502,22 +507,20 @@ class ServerSession:
         st = self._streams.get(stream_id)
         if st is None:
             raise RTMPProtocolError(f"publish on stream {stream_id} that was not created")
-        if st.state in ("pending", "publishing"):
-            raise RTMPProtocolError(f"publish on stream {stream_id} that is already publishing")
         name = args[0] if args and isinstance(args[0], str) else ""
         ptype = args[1] if len(args) > 1 and isinstance(args[1], str) else "live"
         path, _, query = name.partition("?")
         key = path.rsplit("/", 1)[-1]
+        trigger = Trigger.PUBLISH if key else Trigger.PUBLISH_WITHOUT_KEY
+        st.state = transition(st.state, trigger, f"stream {stream_id}")
         st.name, st.key = name, key
         if not key:
-            st.state = "rejected"
             self._status(stream_id, "error", STATUS_BAD_NAME, "missing stream key")
             return
-        st.state = "pending"
         self._pending = stream_id
         self._events.append(PublishRequested(stream_id, key, name, ptype, self.app, query))
 
     def _end(self, sid: int, st: _Stream, reason: str) -> None:
-        st.state = "ended"
+        st.state = transition(st.state, Trigger.UNPUBLISH, f"stream {sid}")
         self._status(sid, "status", "NetStream.Unpublish.Success", f"{st.name} is now unpublished.")
         self._events.append(StreamEnded(sid, st.key, reason))

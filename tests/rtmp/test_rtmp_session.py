@@ -348,7 +348,7 @@ def test_protocol_violations() -> None:
         c.command("createStream", 2.0, None)
     c = FakeClient()
     c.connect()
-    with pytest.raises(rtmp.RTMPProtocolError, match="second connect"):
+    with pytest.raises(rtmp.RTMPProtocolError, match="connect not allowed"):
         c.connect()
     with pytest.raises(rtmp.RTMPProtocolError, match="already failed"):
         c.session.next_event()

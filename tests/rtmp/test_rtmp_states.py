@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import ast
 import struct
+from pathlib import Path
 
+import pytest
 from _rtmp_client import FakeClient
 from _rtmp_peer import det_random
 
 import rtmp
 from rtmp._handshake import client_hello
+from rtmp._state import (
+    CALLER_TRIGGERS,
+    TRANSITIONS,
+    ConnState,
+    StreamState,
+    Trigger,
+    allowed,
+    transition,
+)
 
 AVC_SEQ = b"\x17\x00\x00\x00\x00" + bytes([1, 0x42, 0xC0, 0x1E, 0xFF, 0xE0, 0x00])
 KEYFRAME = b"\x17\x01\x00\x00\x00" + struct.pack(">I", 2) + b"\x65\x88"
@@ -64,3 +76,71 @@ def test_paused_after_reject_too_until_answered() -> None:
     assert c.session.next_event() is rtmp.PAUSED
     c.session.reject_publish("no")
     assert c.session.next_event() is rtmp.NEED_DATA
+
+
+# -- the state table ----------------------------------------------------------------------
+
+
+def test_table_is_closed_over_each_machine() -> None:
+    for (state, trigger), new in TRANSITIONS.items():
+        assert type(state) is type(new), (state, trigger, new)
+    assert not any(state is ConnState.FAILED for state, _ in TRANSITIONS)  # terminal
+    assert all(allowed(s, Trigger.FAIL) for s in ConnState if s is not ConnState.FAILED)
+    assert {Trigger.ACCEPT, Trigger.REJECT} == CALLER_TRIGGERS
+
+
+def test_disallowed_transition_raises_by_whose_fault_it_is() -> None:
+    with pytest.raises(RuntimeError, match=r"accept_publish\(\) not allowed: stream 1 is publi"):
+        transition(StreamState.PUBLISHING, Trigger.ACCEPT, "stream 1")
+    with pytest.raises(RuntimeError, match="reject_publish"):
+        transition(StreamState.IDLE, Trigger.REJECT)
+    with pytest.raises(rtmp.RTMPProtocolError, match="publish not allowed: is pending"):
+        transition(StreamState.PENDING, Trigger.PUBLISH)
+    with pytest.raises(rtmp.RTMPProtocolError, match="connect not allowed"):
+        transition(ConnState.AWAIT_C2, Trigger.CONNECT)
+    assert transition(StreamState.ENDED, Trigger.PUBLISH) is StreamState.PENDING
+
+
+def test_caller_answering_twice_is_a_local_bug() -> None:
+    c = FakeClient(auto_accept=False)
+    c.publish_flow()
+    c.session.accept_publish()
+    with pytest.raises(RuntimeError, match="no such publish"):
+        c.session.accept_publish()
+    with pytest.raises(RuntimeError, match="no such publish"):
+        c.session.reject_publish("late")
+    assert c.session.next_event() is rtmp.NEED_DATA  # the session itself is fine
+
+
+def test_publish_twice_on_one_stream_is_the_peers_error() -> None:
+    c = FakeClient()
+    sid = c.publish_flow()
+    with pytest.raises(rtmp.RTMPProtocolError, match=f"publish not allowed: stream {sid} is pub"):
+        c.command("publish", 6.0, None, "KEY2", "live", stream_id=sid)
+
+
+def test_publish_again_after_close_stream() -> None:
+    c = FakeClient()
+    sid = c.publish_flow()
+    c.command("closeStream", 0.0, None, stream_id=sid)
+    c.command("closeStream", 0.0, None, stream_id=sid)  # not publishing: ignored
+    assert [e.reason for e in c.of_type(rtmp.StreamEnded)] == ["closeStream"]
+    c.command("publish", 7.0, None, "KEY", "live", stream_id=sid)
+    assert len(c.of_type(rtmp.PublishRequested)) == 2
+    assert c.session.publishing_streams == (sid,)
+
+
+def test_states_change_only_through_the_table() -> None:
+    """Every assignment of a state in the session goes through transition() (or _to)."""
+    source = Path(rtmp._session.__file__).read_text()
+    initial = {"ConnState.AWAIT_C0C1", "StreamState.IDLE"}
+    seen = 0
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Assign):
+            continue
+        for target in node.targets:
+            if isinstance(target, ast.Attribute) and target.attr in ("state", "_state"):
+                seen += 1
+                value = ast.unparse(node.value)
+                assert value in initial or value.startswith("transition("), value
+    assert seen >= 5
