@@ -78,6 +78,7 @@ _CSID_CONTROL = 2
 _CSID_COMMAND = 3
 _CSID_STREAM = 5
 _HANDSHAKE = frozenset({ConnState.AWAIT_C0C1, ConnState.AWAIT_C2})
+_MAX_ECHOED_FOURCCS = 64
 
 
 @dataclass(frozen=True)
@@ -456,11 +457,11 @@ class ServerSession:
         self._out += self._writer.set_chunk_size(cfg.out_chunk_size)
         result: dict[str, Any] = {"fmsVer": cfg.fms_version, "capabilities": 31.0, "mode": 1.0}
         if fourcc_list is not None:
-            result["fourCcList"] = list(fourcc_list)
+            result["fourCcList"] = _fourccs(fourcc_list)
         if isinstance(vmap, dict):
-            result["videoFourCcInfoMap"] = dict(vmap)
+            result["videoFourCcInfoMap"] = _fourcc_masks(vmap)
         if isinstance(amap, dict):
-            result["audioFourCcInfoMap"] = dict(amap)
+            result["audioFourCcInfoMap"] = _fourcc_masks(amap)
         if caps_ex is not None:
             result["capsEx"] = float(caps_ex & 0x06)  # multitrack + ModEx parsing
         info = {
@@ -524,3 +525,23 @@ class ServerSession:
         st.state = transition(st.state, Trigger.UNPUBLISH, f"stream {sid}")
         self._status(sid, "status", "NetStream.Unpublish.Success", f"{st.name} is now unpublished.")
         self._events.append(StreamEnded(sid, st.key, reason))
+
+
+# -- what the connect reply echoes ---------------------------------------------------------
+# E-RTMP capabilities are FourCCs ("*" for any) and, in the info maps, FourCcInfoMask
+# numbers. Only such entries are echoed: the peer's own values may not be encodable as
+# AMF0 (an AMF3 ByteArray, a key over 65535 bytes) or may expand on encoding (AMF3
+# string references), so echoing them as they are would fail or blow up the reply.
+
+
+def _is_fourcc(x: Any) -> bool:
+    return isinstance(x, str) and 0 < len(x) <= 4
+
+
+def _fourccs(values: tuple[str, ...]) -> list[str]:
+    return [x for x in values if _is_fourcc(x)][:_MAX_ECHOED_FOURCCS]
+
+
+def _fourcc_masks(info_map: dict[Any, Any]) -> dict[str, float]:
+    masks = {k: float(v) for k, v in info_map.items() if _is_fourcc(k) and is_finite_number(v)}
+    return dict(list(masks.items())[:_MAX_ECHOED_FOURCCS])
