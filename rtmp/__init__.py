@@ -26,10 +26,12 @@ Publish decisions: ``PublishRequested`` pauses the session (``next_event`` retur
 not accepted is dropped (counted in ``ServerSession.dropped_messages``), never an error.
 
 Errors: any malformed, hostile or unsupported input raises :class:`RTMPProtocolError`
-(a ``ValueError``) from ``receive_data``/``next_event``; nothing else escapes, and the
-session stays failed afterwards. Calling ``accept_publish``/``reject_publish`` with no
-publish pending is a local bug and raises ``RuntimeError``. Connection and stream
-states move only through the transition table in ``rtmp/_state.py``.
+(a ``ValueError``) from ``receive_data``/``next_event``, and the session stays failed
+afterwards. Any other exception is a bug in this package, not the peer's doing: it
+escapes as itself (nothing re-labels it as bad input) and leaves the session failed
+(further calls raise ``RuntimeError``). Calling ``accept_publish``/``reject_publish``
+with no publish pending is a local bug and raises ``RuntimeError``. Connection and
+stream states move only through the transition table in ``rtmp/_state.py``.
 
 Media-event boundary (what the media pipeline consumes; identical for a live RTMP
 publish and for an FLV file read with :class:`FLVReader` + :func:`parse_tag`):

@@ -11,6 +11,14 @@ until the caller calls :meth:`accept_publish` or :meth:`reject_publish`.
 
 Connection and stream states move only through the table in :mod:`rtmp._state`.
 
+Bad input raises :class:`RTMPProtocolError`. Parsers check lengths and values before
+use; the only low-level exceptions they map, where they read the bytes, are
+``RecursionError`` (``_amf._run``) and ``IndexError`` (``_flv.parse_video_tag`` /
+``parse_audio_tag``). There is no catch-all: any other exception out of ``next_event``
+is a bug of this package and escapes as itself, not disguised as bad input. Either way
+the session is failed from then on (further calls raise :class:`RTMPProtocolError`, or
+``RuntimeError`` after a bug of ours).
+
 Media and data messages on a message stream that is not an accepted publish (no
 publish yet, rejected, or ended) are dropped and counted in ``dropped_messages``: a
 client cannot make the session buffer or emit media it did not agree to.
@@ -134,6 +142,7 @@ class ServerSession:
         self._out = bytearray()
         self._events: deque[Event] = deque()
         self._failed = ""  # why the session is FAILED
+        self._failure: type[Exception] = RTMPProtocolError  # RuntimeError: a bug of ours
         self._streams: dict[int, _Stream] = {}
         self._next_stream_id = 1
         self._pending: int | None = None
@@ -177,6 +186,9 @@ class ServerSession:
         :data:`PAUSED` means a publish awaits :meth:`accept_publish` or
         :meth:`reject_publish`: nothing more is parsed until one is called. Loop with
         ``while isinstance(event := session.next_event(), rtmp.Event):``.
+
+        Raises :class:`RTMPProtocolError` on bad input. Any other exception is a bug of
+        ours and escapes as itself; either way the session is failed from then on.
         """
         self._check_alive()
         try:
@@ -197,9 +209,11 @@ class ServerSession:
                     return NEED_DATA
                 self._handle(msg)
         except RTMPProtocolError as exc:
-            self._fail(str(exc))
-        except Exception as exc:  # never let anything else out (fuzzers hold us to it)
-            self._fail(f"malformed input ({type(exc).__name__}: {exc})")
+            self._set_failed(str(exc), RTMPProtocolError)
+            raise
+        except BaseException as exc:  # a bug of ours: out as itself, but never parse on
+            self._set_failed(f"internal error ({type(exc).__name__}: {exc})", RuntimeError)
+            raise
         return self._events.popleft()
 
     def data_to_send(self) -> bytes:
@@ -251,15 +265,18 @@ class ServerSession:
     # -- internals ------------------------------------------------------------------------
     def _check_alive(self) -> None:
         if self._state is ConnState.FAILED:
-            raise RTMPProtocolError(f"session already failed: {self._failed}")
+            raise self._failure(f"session already failed: {self._failed}")
 
     def _to(self, trigger: Trigger) -> None:
         self._state = transition(self._state, trigger, "connection")
 
-    def _fail(self, reason: str) -> None:
+    def _set_failed(self, reason: str, failure: type[Exception]) -> None:
         self._to(Trigger.FAIL)
-        self._failed = reason
-        raise RTMPProtocolError(reason) from None
+        self._failed, self._failure = reason, failure
+
+    def _fail(self, reason: str) -> None:
+        self._set_failed(reason, RTMPProtocolError)
+        raise RTMPProtocolError(reason)
 
     def _answer(self, trigger: Trigger, stream_id: int | None) -> tuple[_Stream, int]:
         """Move the pending publish's stream by the caller's ``trigger``; unpause."""

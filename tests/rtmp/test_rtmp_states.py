@@ -1,10 +1,11 @@
-"""next_event()'s sentinels (NEED_DATA, PAUSED) and the session's state table."""
+"""next_event()'s sentinels (NEED_DATA, PAUSED), the state table, and whose fault an error is."""
 
 from __future__ import annotations
 
 import ast
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _rtmp_client import FakeClient
@@ -144,3 +145,66 @@ def test_states_change_only_through_the_table() -> None:
                 value = ast.unparse(node.value)
                 assert value in initial or value.startswith("transition("), value
     assert seen >= 5
+
+
+# -- whose fault: bad input is RTMPProtocolError, a bug of ours is itself ------------------
+
+
+def test_a_bug_in_a_handler_escapes_as_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: Any, *args: Any) -> None:
+        raise TypeError("bug in _on_connect")
+
+    monkeypatch.setattr(rtmp.ServerSession, "_on_connect", broken)
+    c = FakeClient()
+    with pytest.raises(TypeError, match="bug in _on_connect"):
+        c.connect()
+    # the session is unusable afterwards, and says it was not the peer
+    with pytest.raises(RuntimeError, match=r"already failed: internal error \(TypeError"):
+        c.session.next_event()
+    with pytest.raises(RuntimeError, match="already failed"):
+        c.session.receive_data(b"x")
+
+
+def test_a_bug_in_a_media_parser_escapes_as_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> list[Any]:
+        raise KeyError("our table")
+
+    c = FakeClient()
+    sid = c.publish_flow()
+    monkeypatch.setattr(rtmp._session, "parse_video_tag", broken)
+    with pytest.raises(KeyError, match="our table"):
+        c.video(sid, 0, AVC_SEQ)
+
+
+def test_amf_maps_only_stack_exhaustion(monkeypatch: pytest.MonkeyPatch) -> None:
+    deep = b"\x0a\x00\x00\x00\x01" * 5000 + b"\x05"  # strict arrays, 5000 deep
+    with pytest.raises(rtmp.RTMPProtocolError, match="too deep") as info:
+        rtmp.amf0_decode(deep)  # max_depth stops it first
+    assert info.value.__context__ is None
+    with pytest.raises(rtmp.RTMPProtocolError, match="for the stack") as info:
+        rtmp.amf0_decode(deep, max_depth=10**6, max_nodes=10**6)
+    assert isinstance(info.value.__context__, RecursionError)
+
+    def broken(self: Any, depth: int) -> Any:
+        raise AttributeError("bug in value0")
+
+    monkeypatch.setattr(rtmp._amf._Decoder, "value0", broken)
+    with pytest.raises(AttributeError, match="bug in value0"):
+        rtmp.amf0_decode_all(b"\x05")
+
+
+def test_tag_parsers_map_only_index_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    def reads_past_the_end(body: bytes, *args: Any) -> Any:
+        return body[len(body)]
+
+    monkeypatch.setattr(rtmp._flv, "_legacy_video", reads_past_the_end)
+    with pytest.raises(rtmp.RTMPProtocolError, match="malformed video tag") as info:
+        rtmp.parse_video_tag(b"\x17", 0)
+    assert isinstance(info.value.__context__, IndexError)  # the fuzz oracle flags this
+
+    def broken(*args: Any) -> Any:
+        raise TypeError("bug in _legacy_video")
+
+    monkeypatch.setattr(rtmp._flv, "_legacy_video", broken)
+    with pytest.raises(TypeError, match="bug in _legacy_video"):
+        rtmp.parse_video_tag(b"\x17", 0)
