@@ -77,7 +77,7 @@ async def capture(flv: Path) -> bytes:
         while data := await stream.receive_some(65536):
             raw += data
             session.receive_data(data)
-            while (event := session.next_event()) is not None:
+            while isinstance(event := session.next_event(), rtmp.Event):
                 if isinstance(event, rtmp.PublishRequested):
                     session.accept_publish()
             out = session.data_to_send()
@@ -94,7 +94,7 @@ def demux_core(raw: bytes, read_size: int = 65536) -> tuple[int, int]:
     frames = events = 0
     for i in range(0, len(raw), read_size):
         session.receive_data(raw[i:i + read_size])
-        while (event := session.next_event()) is not None:
+        while isinstance(event := session.next_event(), rtmp.Event):
             events += 1
             if type(event) is rtmp.VideoFrame:
                 frames += 1

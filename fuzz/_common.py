@@ -58,9 +58,11 @@ class DetRandom:
 def check_error(exc: BaseException) -> str:
     """Return the message of an allowed error; raise OracleFailure for anything else.
 
-    The core wraps stray exceptions (IndexError, TypeError...) into RTMPProtocolError as
-    a last line of defence; reaching that net means a parser missed a check, so the
-    fuzzer treats it as a bug: any non-RTMPProtocolError in the ``__context__`` chain.
+    There is no catch-all in the core: an exception of another type escapes as itself
+    (and, outside this function, crashes the fuzzer). Two parser safety nets map what
+    bad bytes could still cause where they are read (IndexError past a tag body's end,
+    RecursionError in AMF); reaching one means a parser missed a check, so the fuzzer
+    treats it as a bug too: any non-RTMPProtocolError in the ``__context__`` chain.
     """
     if not isinstance(exc, rtmp.RTMPProtocolError):
         raise OracleFailure(f"{type(exc).__name__} escaped: {exc}") from exc

@@ -6,7 +6,7 @@ Input layout: byte 0 picks a mode (mod 4), the rest is:
 * 1 ``video`` / 2 ``audio`` / 3 ``script``: one tag body (legacy or Enhanced RTMP).
 
 Oracle (raises OracleFailure, i.e. a crash): only RTMPProtocolError escapes and never
-through a catch-all net; a file read whole or re-split gives the same tags, events and
+through a parser's safety net; a file read whole or re-split gives the same tags, events and
 error position, and the reader never holds more than the tag it waits for; a single tag
 body gives the same events (or error) through ``parse_*_tag``, ``parse_tag``, an FLV file
 and a live RTMP publish (the core's "same media-event boundary" promise); media events

@@ -8,10 +8,11 @@ Input layout: byte 0 picks a starting point (mod 4), the rest is client->server 
 * 3 ``hevc``: the same after PyAV's Enhanced RTMP publish (chunk size 4096).
 
 Oracle (raises OracleFailure, i.e. a crash): only RTMPProtocolError escapes and never
-through the core's catch-all net; caps on buffered bytes, chunk/message streams and
-unparsed input hold after every read; feeding the bytes whole or re-split yields the
-same events, the same error at the same event position and the same bytes to send; a
-failed session stays failed; optionally a tracemalloc peak bound.
+with another exception in its context (a safety net was reached); next_event() ends on
+NEED_DATA (publishes are answered at once, so never on PAUSED); caps on buffered bytes,
+chunk/message streams and unparsed input hold after every read; feeding the bytes whole
+or re-split yields the same events, the same error at the same event position and the
+same bytes to send; a failed session stays failed; optionally a tracemalloc peak bound.
 
 Run: ``python fuzz/run.py session --seconds 60`` (or this file with libFuzzer flags).
 """
@@ -100,7 +101,7 @@ def check_bounds(session: rtmp.ServerSession) -> None:
     expect(len(reader._clocks) <= reader.max_message_streams, "message clocks above cap")
     expect(len(session._streams) <= cfg.max_streams, "message streams above cap")
     expect(len(session._fcpublished) <= cfg.max_streams, "FCPublish names above cap")
-    expect(not session._events, "events left after next_event() returned None")
+    expect(not session._events, "events left after next_event() returned a sentinel")
     if session.pending_publish is None:
         expect(reader.pending_bytes <= MAX_HEADER, f"{reader.pending_bytes} unparsed bytes")
 
@@ -113,10 +114,12 @@ def drive(session: rtmp.ServerSession, pieces: list[bytes]) -> Outcome:
     try:
         for piece in pieces:
             session.receive_data(piece)
-            while (event := session.next_event()) is not None:
+            while isinstance(event := session.next_event(), rtmp.Event):
                 events.append(event)
                 if isinstance(event, rtmp.PublishRequested):
                     _decide(session, event)
+            # every publish was answered at once, so the session only ever waits for bytes
+            expect(event is rtmp.NEED_DATA, f"next_event() returned {event!r}")
             out += session.data_to_send()
             check_bounds(session)
     except rtmp.RTMPProtocolError as exc:  # anything else propagates: a crash

@@ -5,7 +5,7 @@ Typical server loop::
     session = rtmp.ServerSession(rtmp.SessionConfig())
     while data := await stream.receive_some():
         session.receive_data(data)
-        while (event := session.next_event()) is not None:
+        while isinstance(event := session.next_event(), rtmp.Event):
             if isinstance(event, rtmp.PublishRequested):
                 if known(event.stream_key):
                     session.accept_publish()
@@ -13,16 +13,25 @@ Typical server loop::
                     session.reject_publish("unknown stream key")
             elif isinstance(event, rtmp.MEDIA_EVENTS):
                 pipeline.push(event)
+        # here event is rtmp.NEED_DATA, or rtmp.PAUSED if a publish is still undecided
         await stream.send_all(session.data_to_send())
 
-Publish decisions: ``PublishRequested`` pauses the session until ``accept_publish`` /
-``reject_publish``; media on streams that are not accepted is dropped (counted in
-``ServerSession.dropped_messages``), never an error.
+``next_event`` returns an event (an instance of one of the :data:`Event` types) or one of
+two sentinels, as h11 does: :data:`NEED_DATA` (feed more bytes) or :data:`PAUSED` (a
+publish awaits an answer). Test them with ``is``; ``isinstance(x, rtmp.Event)`` is false
+for both and is the loop condition to use.
+
+Publish decisions: ``PublishRequested`` pauses the session (``next_event`` returns
+:data:`PAUSED`) until ``accept_publish`` / ``reject_publish``; media on streams that are
+not accepted is dropped (counted in ``ServerSession.dropped_messages``), never an error.
 
 Errors: any malformed, hostile or unsupported input raises :class:`RTMPProtocolError`
-(a ``ValueError``) from ``receive_data``/``next_event``; nothing else escapes, and the
-session stays failed afterwards. Calling ``accept_publish``/``reject_publish`` with no
-publish pending is a local bug and raises ``RuntimeError``.
+(a ``ValueError``) from ``receive_data``/``next_event``, and the session stays failed
+afterwards. Any other exception is a bug in this package, not the peer's doing: it
+escapes as itself (nothing re-labels it as bad input) and leaves the session failed
+(further calls raise ``RuntimeError``). Calling ``accept_publish``/``reject_publish``
+with no publish pending is a local bug and raises ``RuntimeError``. Connection and
+stream states move only through the transition table in ``rtmp/_state.py``.
 
 Media-event boundary (what the media pipeline consumes; identical for a live RTMP
 publish and for an FLV file read with :class:`FLVReader` + :func:`parse_tag`):
@@ -94,6 +103,7 @@ from ._flv import (
     parse_video_tag,
 )
 from ._session import STATUS_BAD_NAME, STATUS_DENIED, ServerSession, SessionConfig
+from ._state import NEED_DATA, PAUSED
 
 MEDIA_EVENTS = (
     VideoConfig,
@@ -108,6 +118,8 @@ MEDIA_EVENTS = (
 
 __all__ = [
     "MEDIA_EVENTS",
+    "NEED_DATA",
+    "PAUSED",
     "STATUS_BAD_NAME",
     "STATUS_DENIED",
     "UNDEFINED",

@@ -425,13 +425,17 @@ class _Decoder:
 
 
 def _run(fn: Any) -> Any:
-    """Run a decode step, turning any stray low-level error into RTMPProtocolError."""
+    """Run one decode call; nesting deeper than the interpreter's stack is bad input.
+
+    Every other way bad bytes can fail is an explicit check raising RTMPProtocolError
+    (lengths through ``need``/``check_count``, references, markers, limits), so nothing
+    else is caught: any other exception is a bug here. ``max_depth`` stops nesting
+    long before the stack ends unless a caller sets it above what the stack holds.
+    """
     try:
         return fn()
-    except RTMPProtocolError:
-        raise
-    except (RecursionError, MemoryError, OverflowError, ValueError, TypeError) as exc:
-        raise RTMPProtocolError(f"AMF: malformed value ({type(exc).__name__})") from None
+    except RecursionError:
+        raise RTMPProtocolError("AMF: nesting too deep for the stack") from None
 
 
 def amf0_decode(

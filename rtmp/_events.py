@@ -158,13 +158,14 @@ class UnsupportedMedia:
     stream_id: int = 0
 
 
+# frames first: ``isinstance(x, Event)`` tries the members in order, per event
 MediaEvent = (
-    VideoConfig
-    | VideoFrame
+    VideoFrame
+    | AudioFrame
+    | VideoConfig
     | VideoSequenceEnd
     | VideoMetadata
     | AudioConfig
-    | AudioFrame
     | AudioSequenceEnd
     | UnsupportedMedia
 )
@@ -272,7 +273,8 @@ class UnknownMessage:
 
 
 Event = (
-    HandshakeComplete
+    MediaEvent
+    | HandshakeComplete
     | Connected
     | PublishRequested
     | Metadata
@@ -281,5 +283,6 @@ Event = (
     | StreamEnded
     | PingResponse
     | UnknownMessage
-    | MediaEvent
 )
+"""Every event type: ``isinstance(x, Event)`` is how a caller tells an event from the
+:data:`NEED_DATA`/:data:`PAUSED` sentinels that ``next_event`` returns otherwise."""

@@ -11,7 +11,9 @@ CodedFramesX, SequenceEnd, Metadata, MPEG2TSSequenceStart, ModEx (skipped) and
 Multitrack (one event per track, ``track_id`` set). Legacy AAC, MP3, G.711 audio;
 E-RTMP audio FourCCs mp4a, Opus, .mp3, fLaC, ac-3, ec-3 (multitrack too).
 Anything else becomes :class:`UnsupportedMedia`; malformed bodies raise
-:class:`RTMPProtocolError`.
+:class:`RTMPProtocolError`. Lengths are checked before bytes are read; as a safety net,
+``parse_video_tag``/``parse_audio_tag`` also turn an ``IndexError`` (reading a body past
+its end: a missed check) into :class:`RTMPProtocolError`. Nothing else is caught.
 """
 
 from __future__ import annotations
@@ -364,7 +366,7 @@ def parse_video_tag(body: bytes, dts: int, *, stream_id: int = 0) -> list[MediaE
         if body[0] & 0x80:
             return _enhanced_video(body, dts, stream_id)
         return _legacy_video(body, dts, stream_id)
-    except (IndexError, struct.error) as exc:  # pragma: no cover - defensive
+    except IndexError as exc:  # pragma: no cover - a missed length check (fuzz finding)
         raise RTMPProtocolError(f"malformed video tag ({exc})") from None
 
 
@@ -439,7 +441,7 @@ def parse_audio_tag(body: bytes, dts: int, *, stream_id: int = 0) -> list[MediaE
             codec = "pcma" if fmt == 7 else "pcmu"
             return [AudioFrame(codec, dts, bytes(body[1:]), 8000, channels, 0, stream_id)]
         return [UnsupportedMedia("audio", f"flv-audio-{fmt}", dts, 0, stream_id)]
-    except (IndexError, struct.error) as exc:  # pragma: no cover - defensive
+    except IndexError as exc:  # pragma: no cover - a missed length check (fuzz finding)
         raise RTMPProtocolError(f"malformed audio tag ({exc})") from None
 
 

@@ -1,12 +1,23 @@
 """The server side of an RTMP connection, sans-IO (h11 style).
 
 Feed bytes with :meth:`ServerSession.receive_data`, pull events with
-:meth:`ServerSession.next_event` until it returns None, write
-:meth:`ServerSession.data_to_send` to the socket. The session answers the protocol on
-its own (handshake, connect, createStream, pings, acknowledgements) but never decides
-whether a publish is allowed: it emits :class:`PublishRequested` and *pauses*
-(``next_event`` returns None) until the caller calls :meth:`accept_publish` or
-:meth:`reject_publish`.
+:meth:`ServerSession.next_event` while it returns one (``isinstance(event, rtmp.Event)``),
+write :meth:`ServerSession.data_to_send` to the socket. When there is no event,
+``next_event`` says why with a sentinel: :data:`NEED_DATA` (receive more bytes) or
+:data:`PAUSED`. The session answers the protocol on its own (handshake, connect,
+createStream, pings, acknowledgements) but never decides whether a publish is allowed:
+it emits :class:`PublishRequested` and *pauses* (``next_event`` returns :data:`PAUSED`)
+until the caller calls :meth:`accept_publish` or :meth:`reject_publish`.
+
+Connection and stream states move only through the table in :mod:`rtmp._state`.
+
+Bad input raises :class:`RTMPProtocolError`. Parsers check lengths and values before
+use; the only low-level exceptions they map, where they read the bytes, are
+``RecursionError`` (``_amf._run``) and ``IndexError`` (``_flv.parse_video_tag`` /
+``parse_audio_tag``). There is no catch-all: any other exception out of ``next_event``
+is a bug of this package and escapes as itself, not disguised as bad input. Either way
+the session is failed from then on (further calls raise :class:`RTMPProtocolError`, or
+``RuntimeError`` after a bug of ours).
 
 Media and data messages on a message stream that is not an accepted publish (no
 publish yet, rejected, or ended) are dropped and counted in ``dropped_messages``: a
@@ -60,6 +71,7 @@ from ._events import (
 )
 from ._flv import iter_tags, parse_audio_tag, parse_video_tag, script_event
 from ._handshake import HANDSHAKE_SIZE, server_hello
+from ._state import NEED_DATA, PAUSED, ConnState, StreamState, Trigger, allowed, transition
 
 __all__ = ["STATUS_BAD_NAME", "STATUS_DENIED", "ServerSession", "SessionConfig"]
 
@@ -73,6 +85,8 @@ _UC_PING_RESPONSE = 7
 _CSID_CONTROL = 2
 _CSID_COMMAND = 3
 _CSID_STREAM = 5
+_HANDSHAKE = frozenset({ConnState.AWAIT_C0C1, ConnState.AWAIT_C2})
+_MAX_ECHOED_FOURCCS = 64
 
 
 @dataclass(frozen=True)
@@ -104,7 +118,7 @@ class _Stream:
     __slots__ = ("key", "name", "state")
 
     def __init__(self) -> None:
-        self.state = "idle"  # idle | pending | publishing | rejected | ended
+        self.state = StreamState.IDLE
         self.name = ""
         self.key = ""
 
@@ -115,7 +129,7 @@ class ServerSession:
     def __init__(self, config: SessionConfig | None = None) -> None:
         self.config = config or SessionConfig()
         self._hs_buf = bytearray()
-        self._hs_state = "c0c1"  # c0c1 | c2 | done
+        self._state = ConnState.AWAIT_C0C1
         self._digest = False
         self._reader = ChunkReader(
             max_chunk_size=self.config.max_chunk_size,
@@ -127,8 +141,8 @@ class ServerSession:
         self._writer = ChunkWriter(128)
         self._out = bytearray()
         self._events: deque[Event] = deque()
-        self._failed: str | None = None
-        self._connected = False
+        self._failed = ""  # why the session is FAILED
+        self._failure: type[Exception] = RTMPProtocolError  # RuntimeError: a bug of ours
         self._streams: dict[int, _Stream] = {}
         self._next_stream_id = 1
         self._pending: int | None = None
@@ -152,12 +166,12 @@ class ServerSession:
     @property
     def publishing_streams(self) -> tuple[int, ...]:
         """Ids of accepted, not yet ended publishes."""
-        return tuple(i for i, s in self._streams.items() if s.state == "publishing")
+        return tuple(i for i, s in self._streams.items() if s.state is StreamState.PUBLISHING)
 
     def receive_data(self, data: bytes) -> None:
         """Hand over bytes read from the socket (parsing happens in :meth:`next_event`)."""
         self._check_alive()
-        if self._hs_state != "done":
+        if self._state in _HANDSHAKE:
             self._hs_buf += data
             size = len(self._hs_buf)
         else:
@@ -166,16 +180,24 @@ class ServerSession:
         if size > self.config.max_receive_buffer:
             self._fail("receive buffer overflow (next_event not called, or paused)")
 
-    def next_event(self) -> Event | None:
-        """The next event, or None if more bytes are needed or a publish awaits an answer."""
+    def next_event(self) -> Event | type[NEED_DATA] | type[PAUSED]:
+        """The next event; else :data:`NEED_DATA` (more bytes needed) or :data:`PAUSED`.
+
+        :data:`PAUSED` means a publish awaits :meth:`accept_publish` or
+        :meth:`reject_publish`: nothing more is parsed until one is called. Loop with
+        ``while isinstance(event := session.next_event(), rtmp.Event):``.
+
+        Raises :class:`RTMPProtocolError` on bad input. Any other exception is a bug of
+        ours and escapes as itself; either way the session is failed from then on.
+        """
         self._check_alive()
         try:
             while not self._events:
                 if self._pending is not None:
-                    return None
-                if self._hs_state != "done":
+                    return PAUSED
+                if self._state in _HANDSHAKE:
                     if not self._handshake():
-                        return None
+                        return NEED_DATA
                     continue
                 msg = self._reader.next_message()
                 ack = self._reader.take_ack()
@@ -184,12 +206,14 @@ class ServerSession:
                 if msg is None:
                     if ack is not None:
                         continue  # paused at an ack, not out of bytes
-                    return None
+                    return NEED_DATA
                 self._handle(msg)
         except RTMPProtocolError as exc:
-            self._fail(str(exc))
-        except Exception as exc:  # never let anything else out (fuzzers hold us to it)
-            self._fail(f"malformed input ({type(exc).__name__}: {exc})")
+            self._set_failed(str(exc), RTMPProtocolError)
+            raise
+        except BaseException as exc:  # a bug of ours: out as itself, but never parse on
+            self._set_failed(f"internal error ({type(exc).__name__}: {exc})", RuntimeError)
+            raise
         return self._events.popleft()
 
     def data_to_send(self) -> bytes:
@@ -200,8 +224,7 @@ class ServerSession:
 
     def accept_publish(self, stream_id: int | None = None) -> None:
         """Accept the pending publish: Stream Begin, onStatus Publish.Start, onFCPublish."""
-        st, sid = self._take_pending(stream_id)
-        st.state = "publishing"
+        st, sid = self._answer(Trigger.ACCEPT, stream_id)
         self._send(_CSID_CONTROL, MSG_USER_CONTROL, 0, struct.pack(">HI", _UC_STREAM_BEGIN, sid))
         self._status(
             sid,
@@ -227,8 +250,7 @@ class ServerSession:
         Media on the stream is dropped afterwards; callers usually close the connection
         once :meth:`data_to_send` is flushed.
         """
-        st, sid = self._take_pending(stream_id)
-        st.state = "rejected"
+        _, sid = self._answer(Trigger.REJECT, stream_id)
         self._status(sid, "error", code, description)
 
     def send_ping(self, timestamp: int) -> None:
@@ -242,23 +264,33 @@ class ServerSession:
 
     # -- internals ------------------------------------------------------------------------
     def _check_alive(self) -> None:
-        if self._failed is not None:
-            raise RTMPProtocolError(f"session already failed: {self._failed}")
+        if self._state is ConnState.FAILED:
+            raise self._failure(f"session already failed: {self._failed}")
+
+    def _to(self, trigger: Trigger) -> None:
+        self._state = transition(self._state, trigger, "connection")
+
+    def _set_failed(self, reason: str, failure: type[Exception]) -> None:
+        self._to(Trigger.FAIL)
+        self._failed, self._failure = reason, failure
 
     def _fail(self, reason: str) -> None:
-        self._failed = reason
-        raise RTMPProtocolError(reason) from None
+        self._set_failed(reason, RTMPProtocolError)
+        raise RTMPProtocolError(reason)
 
-    def _take_pending(self, stream_id: int | None) -> tuple[_Stream, int]:
+    def _answer(self, trigger: Trigger, stream_id: int | None) -> tuple[_Stream, int]:
+        """Move the pending publish's stream by the caller's ``trigger``; unpause."""
         sid = self._pending
         if sid is None or (stream_id is not None and stream_id != sid):
             raise RuntimeError("no such publish is waiting for an answer")
+        st = self._streams[sid]
+        st.state = transition(st.state, trigger, f"stream {sid}")
         self._pending = None
-        return self._streams[sid], sid
+        return st, sid
 
     def _handshake(self) -> bool:
         buf = self._hs_buf
-        if self._hs_state == "c0c1":
+        if self._state is ConnState.AWAIT_C0C1:
             if len(buf) < 1 + HANDSHAKE_SIZE:
                 return False
             reply, self._digest = server_hello(
@@ -267,13 +299,13 @@ class ServerSession:
             del buf[: 1 + HANDSHAKE_SIZE]
             self.handshake_bytes += 1 + HANDSHAKE_SIZE
             self._out += reply
-            self._hs_state = "c2"
+            self._to(Trigger.C0C1)
         if len(buf) < HANDSHAKE_SIZE:
             return False
         # C2 is not checked: real clients echo S1 in various approximate ways
         del buf[:HANDSHAKE_SIZE]
         self.handshake_bytes += HANDSHAKE_SIZE
-        self._hs_state = "done"
+        self._to(Trigger.C2)
         self._reader.feed(bytes(buf))
         self._hs_buf = bytearray()
         self._events.append(HandshakeComplete(self._digest))
@@ -350,7 +382,7 @@ class ServerSession:
 
     def _on_media(self, msg: RTMPMessage) -> None:
         st = self._streams.get(msg.stream_id)
-        if st is None or st.state != "publishing":
+        if st is None or st.state is not StreamState.PUBLISHING:
             self.dropped_messages += 1
             return
         sid, ts = msg.stream_id, msg.timestamp
@@ -375,7 +407,7 @@ class ServerSession:
         if name == "connect":
             self._on_connect(txn, cmd_obj, args)
             return
-        if not self._connected:
+        if self._state is not ConnState.CONNECTED:
             raise RTMPProtocolError(f"command {name!r} before connect")
         if name in ("releaseStream", "FCPublish"):
             if (
@@ -394,28 +426,27 @@ class ServerSession:
         elif name == "FCUnpublish":
             target = args[0] if args and isinstance(args[0], str) else None
             for sid, st in self._streams.items():
-                if st.state == "publishing" and target in (st.name, st.key):
+                if allowed(st.state, Trigger.UNPUBLISH) and target in (st.name, st.key):
                     self._end(sid, st, "FCUnpublish")
             if txn:
                 self._command(0, "_result", txn, None, UNDEFINED)
         elif name == "closeStream":
             st = self._streams.get(stream_id)
-            if st is not None and st.state == "publishing":
+            if st is not None and allowed(st.state, Trigger.UNPUBLISH):
                 self._end(stream_id, st, "closeStream")
         elif name == "deleteStream":
             raw = args[0] if args else None
             sid = int(raw) if is_finite_number(raw) and 0 <= raw < 2**32 else stream_id
             st = self._streams.get(sid)
             if st is not None:
-                if st.state == "publishing":
+                if allowed(st.state, Trigger.UNPUBLISH):
                     self._end(sid, st, "deleteStream")
                 del self._streams[sid]
         else:
             self._events.append(CommandReceived(name, float(txn), cmd_obj, tuple(args), stream_id))
 
     def _on_connect(self, txn: float, cmd_obj: Any, args: list[Any]) -> None:
-        if self._connected:
-            raise RTMPProtocolError("second connect on one connection")
+        self._to(Trigger.CONNECT)  # a second connect is the peer's error
         props: dict[str, Any] = cmd_obj if isinstance(cmd_obj, dict) else {}
 
         def text(key: str) -> str:
@@ -432,7 +463,6 @@ class ServerSession:
         amap = props.get("audioFourCcInfoMap")
         caps = props.get("capsEx")
         caps_ex = int(caps) if is_finite_number(caps) and 0 <= caps < 2**32 else None
-        self._connected = True
         self.app = text("app")
         self.tc_url = text("tcUrl")
 
@@ -444,11 +474,11 @@ class ServerSession:
         self._out += self._writer.set_chunk_size(cfg.out_chunk_size)
         result: dict[str, Any] = {"fmsVer": cfg.fms_version, "capabilities": 31.0, "mode": 1.0}
         if fourcc_list is not None:
-            result["fourCcList"] = list(fourcc_list)
+            result["fourCcList"] = _fourccs(fourcc_list)
         if isinstance(vmap, dict):
-            result["videoFourCcInfoMap"] = dict(vmap)
+            result["videoFourCcInfoMap"] = _fourcc_masks(vmap)
         if isinstance(amap, dict):
-            result["audioFourCcInfoMap"] = dict(amap)
+            result["audioFourCcInfoMap"] = _fourcc_masks(amap)
         if caps_ex is not None:
             result["capsEx"] = float(caps_ex & 0x06)  # multitrack + ModEx parsing
         info = {
@@ -495,22 +525,40 @@ class ServerSession:
         st = self._streams.get(stream_id)
         if st is None:
             raise RTMPProtocolError(f"publish on stream {stream_id} that was not created")
-        if st.state in ("pending", "publishing"):
-            raise RTMPProtocolError(f"publish on stream {stream_id} that is already publishing")
         name = args[0] if args and isinstance(args[0], str) else ""
         ptype = args[1] if len(args) > 1 and isinstance(args[1], str) else "live"
         path, _, query = name.partition("?")
         key = path.rsplit("/", 1)[-1]
+        trigger = Trigger.PUBLISH if key else Trigger.PUBLISH_WITHOUT_KEY
+        st.state = transition(st.state, trigger, f"stream {stream_id}")
         st.name, st.key = name, key
         if not key:
-            st.state = "rejected"
             self._status(stream_id, "error", STATUS_BAD_NAME, "missing stream key")
             return
-        st.state = "pending"
         self._pending = stream_id
         self._events.append(PublishRequested(stream_id, key, name, ptype, self.app, query))
 
     def _end(self, sid: int, st: _Stream, reason: str) -> None:
-        st.state = "ended"
+        st.state = transition(st.state, Trigger.UNPUBLISH, f"stream {sid}")
         self._status(sid, "status", "NetStream.Unpublish.Success", f"{st.name} is now unpublished.")
         self._events.append(StreamEnded(sid, st.key, reason))
+
+
+# -- what the connect reply echoes ---------------------------------------------------------
+# E-RTMP capabilities are FourCCs ("*" for any) and, in the info maps, FourCcInfoMask
+# numbers. Only such entries are echoed: the peer's own values may not be encodable as
+# AMF0 (an AMF3 ByteArray, a key over 65535 bytes) or may expand on encoding (AMF3
+# string references), so echoing them as they are would fail or blow up the reply.
+
+
+def _is_fourcc(x: Any) -> bool:
+    return isinstance(x, str) and 0 < len(x) <= 4
+
+
+def _fourccs(values: tuple[str, ...]) -> list[str]:
+    return [x for x in values if _is_fourcc(x)][:_MAX_ECHOED_FOURCCS]
+
+
+def _fourcc_masks(info_map: dict[Any, Any]) -> dict[str, float]:
+    masks = {k: float(v) for k, v in info_map.items() if _is_fourcc(k) and is_finite_number(v)}
+    return dict(list(masks.items())[:_MAX_ECHOED_FOURCCS])

@@ -20,12 +20,12 @@ def events(name: str) -> list[rtmp.Event]:
     out = []
     while True:
         event = session.next_event()
-        if event is None:
-            if session.pending_publish is not None:
-                session.accept_publish()
-                continue
+        if event is rtmp.PAUSED:
+            session.accept_publish()
+        elif event is rtmp.NEED_DATA:
             break
-        out.append(event)
+        else:
+            out.append(event)
     return out
 
 

@@ -45,7 +45,7 @@ class FakeClient:
         c0c1 = client_hello(self._rand, digest=digest)
         self.sent += c0c1
         self.session.receive_data(c0c1)
-        assert self.session.next_event() is None
+        assert self.session.next_event() is rtmp.NEED_DATA
         s0s1s2 = self.session.data_to_send()
         assert len(s0s1s2) == 1 + 2 * 1536
         assert rtmp._handshake.verify_server_hello(c0c1, s0s1s2)
@@ -57,7 +57,7 @@ class FakeClient:
         self.pump()
 
     def pump(self) -> None:
-        while (ev := self.session.next_event()) is not None:
+        while isinstance(ev := self.session.next_event(), rtmp.Event):
             self.events.append(ev)
             if isinstance(ev, rtmp.PublishRequested) and self.auto_accept:
                 self.session.accept_publish()

@@ -133,7 +133,7 @@ async def run_publisher(
                     raw += data
                     try:
                         session.receive_data(data)
-                        while (ev := session.next_event()) is not None:
+                        while isinstance(ev := session.next_event(), rtmp.Event):
                             run.events.append(ev)
                             if isinstance(ev, rtmp.PublishRequested):
                                 session.accept_publish()
@@ -164,7 +164,7 @@ def replay(raw: bytes, chunks: list[int] | None = None) -> list[rtmp.Event]:
     events: list[rtmp.Event] = []
 
     def pump() -> None:
-        while (ev := session.next_event()) is not None:
+        while isinstance(ev := session.next_event(), rtmp.Event):
             events.append(ev)
             if isinstance(ev, rtmp.PublishRequested):
                 session.accept_publish()

@@ -85,12 +85,12 @@ def test_session_handshake_split_anywhere(digest: bool) -> None:
     session = rtmp.ServerSession(rtmp.SessionConfig(randbytes=det_random()))
     for i in range(0, len(c0c1), 100):
         session.receive_data(c0c1[i : i + 100])
-        assert session.next_event() is None
+        assert session.next_event() is rtmp.NEED_DATA
     reply = session.data_to_send()
     assert verify_server_hello(c0c1, reply)
     c2 = client_c2(reply, det_random())
     session.receive_data(c2[:1000])
-    assert session.next_event() is None
+    assert session.next_event() is rtmp.NEED_DATA
     session.receive_data(c2[1000:])
     assert session.next_event() == rtmp.HandshakeComplete(digest=digest)
     assert session.bytes_received == 1 + 2 * HANDSHAKE_SIZE

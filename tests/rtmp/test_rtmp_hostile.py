@@ -33,7 +33,7 @@ def drive(data: bytes, config: rtmp.SessionConfig = CAPS, step: int = 0) -> list
     parts = [data[i : i + step] for i in range(0, len(data), step)] if step else [data]
     for part in parts:
         session.receive_data(part)
-        while (ev := session.next_event()) is not None:
+        while isinstance(ev := session.next_event(), rtmp.Event):
             events.append(ev)
             if isinstance(ev, rtmp.PublishRequested):
                 session.accept_publish()
@@ -44,22 +44,33 @@ def drive(data: bytes, config: rtmp.SessionConfig = CAPS, step: int = 0) -> list
     return events
 
 
+def checked(exc: rtmp.RTMPProtocolError) -> str:
+    """The error's message, once sure no safety net mapped a stray exception into it.
+
+    A parser's net (IndexError in a tag body, RecursionError in AMF) leaves the original
+    exception as ``__context__``: reaching one is a missed check, a bug to fix here.
+    Any other exception is not caught at all and fails the test by itself.
+    """
+    ctx = exc.__context__
+    while ctx is not None:
+        assert isinstance(ctx, rtmp.RTMPProtocolError), f"net caught {ctx!r} ({exc})"
+        ctx = ctx.__context__
+    return str(exc)
+
+
 def only_protocol_errors(fn: Callable[[], object]) -> None:
-    """Run fn; an RTMPProtocolError is fine unless it wraps a stray internal exception."""
+    """Run fn; only a clean RTMPProtocolError may come out."""
     try:
         fn()
     except rtmp.RTMPProtocolError as exc:
-        assert not str(exc).startswith("malformed input"), exc
+        checked(exc)
 
 
 def survive(data: bytes, config: rtmp.SessionConfig = CAPS, step: int = 0) -> str | None:
     try:
         drive(data, config, step)
     except rtmp.RTMPProtocolError as exc:
-        # the session's catch-all turns stray exceptions into "malformed input (...)":
-        # that is a bug to fix here, not an expected outcome
-        assert not str(exc).startswith("malformed input"), exc
-        return str(exc)
+        return checked(exc)
     return None
 
 

@@ -74,6 +74,23 @@ def test_connect_enhanced_rtmp_fields_echoed() -> None:
     assert info["objectEncoding"] == 3.0
 
 
+def test_connect_echoes_only_fourcc_capabilities() -> None:
+    # peer values that AMF0 cannot encode, or that would expand, are not echoed
+    c = FakeClient()
+    c.connect(
+        fourCcList=["av01", "x" * 70_000, 1.0, "*"],
+        videoFourCcInfoMap=rtmp.AVMPlus({"hvc1": 1.0, "k" * 70_000: 1.0, "av01": b"x"}),
+        audioFourCcInfoMap={"Opus": "x", "mp4a": 1.0},
+    )
+    _, _, props, _ = c.results(1.0)
+    assert props["fourCcList"] == ["av01", "*"]
+    assert props["videoFourCcInfoMap"] == {"hvc1": 1.0}
+    assert props["audioFourCcInfoMap"] == {"mp4a": 1.0}
+    (ev,) = c.of_type(rtmp.Connected)  # the event still carries what the peer sent
+    assert ev.fourcc_list == ("av01", "x" * 70_000, "*")
+    assert ev.video_fourcc_info_map == {"hvc1": 1.0, "k" * 70_000: 1.0, "av01": b"x"}
+
+
 def test_full_publish_flow_and_replies() -> None:
     c = FakeClient()
     sid = c.publish_flow("live/sub/abcDEF123456?token=x&y=1")
@@ -236,7 +253,7 @@ def test_acknowledgements_do_not_depend_on_read_sizes() -> None:
         out = b""
         for i in range(0, len(data), step):
             session.receive_data(data[i : i + step])
-            while session.next_event() is not None:
+            while isinstance(session.next_event(), rtmp.Event):
                 pass
             out += session.data_to_send()
         return out
@@ -348,7 +365,7 @@ def test_protocol_violations() -> None:
         c.command("createStream", 2.0, None)
     c = FakeClient()
     c.connect()
-    with pytest.raises(rtmp.RTMPProtocolError, match="second connect"):
+    with pytest.raises(rtmp.RTMPProtocolError, match="connect not allowed"):
         c.connect()
     with pytest.raises(rtmp.RTMPProtocolError, match="already failed"):
         c.session.next_event()
