@@ -342,7 +342,7 @@ class _Connection:
     async def _until_publish(self) -> rtmp.PublishRequested:
         session = self.session
         while True:
-            while (event := session.next_event()) is not None:
+            while isinstance(event := session.next_event(), rtmp.Event):
                 if isinstance(event, rtmp.PublishRequested):
                     await self._flush()
                     return event
@@ -385,7 +385,7 @@ class _Connection:
                 idle.deadline = trio.current_time() + idle_timeout
                 session.receive_data(await self._receive())
                 ended = False
-                while (event := session.next_event()) is not None:
+                while isinstance(event := session.next_event(), rtmp.Event):
                     if isinstance(event, media):
                         stats.observe(event)
                         if sink is not None:
