@@ -117,14 +117,20 @@ def add_whip_routes(app: QuartTrio, whip: WhipHandler | None) -> None:
 
 
 class TwirpMiddleware:
-    """ASGI: `/twirp/...` to the TwirpServer (or 503 without one), the rest to Quart."""
+    """ASGI: `/twirp/...` to the TwirpServer (or 503 without one), the rest to Quart
+    (a request target without a path is answered 400 before Quart sees it)."""
 
     def __init__(self, quart_app: Any, twirp: TwirpServer | None) -> None:
         self._quart = quart_app
         self._twirp = twirp
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope.get("path", "").startswith("/twirp/"):
+        if scope["type"] == "http" and not scope.get("path"):
+            # a target with no path ("?x"): Quart 0.22 fails on it with IndexError (a
+            # 500 and an error log for any client; found by fuzz/fuzz_http.py)
+            await _respond(send, 400, "text/plain", b"bad request target\n", close=True)
+            return
+        if scope["type"] != "http" or not scope["path"].startswith("/twirp/"):
             await self._quart(scope, receive, send)
             return
         headers: dict[bytes, bytes] = dict(scope["headers"])
