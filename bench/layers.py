@@ -2,9 +2,9 @@
 preset asks for.
 
 Publishing raw frames with simulcast lets libwebrtc inside the SDK choose the lower
-layers (docs/DESIGN.md), so the preset table (REFERENCE.md §5, relay/layers.py) says
+layers (docs/DESIGN.md), so the preset table (REFERENCE.md §5, relay/worker/layers.py) says
 what we ask for, not what viewers get. This measures the latter: for every preset
-(and one custom VP8 option set) a session worker (relay/worker.py) is fed a
+(and one custom VP8 option set) a session worker (relay/worker/main.py) is fed a
 1920x1080 30 fps H.264 + AAC source in real time (larger than every preset's top
 layer, so no layer is limited by the source) and publishes into a real
 livekit-server; a subscriber process selects HIGH, MEDIUM and LOW in turn

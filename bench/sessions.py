@@ -1,7 +1,7 @@
 """How many default-preset 720p sessions this machine runs in real time, and the
 memory each one costs.
 
-Adds session workers (relay/worker.py) one at a time, each fed its own copy of a
+Adds session workers (relay/worker/main.py) one at a time, each fed its own copy of a
 1280x720 30 fps H.264 + AAC stream in real time and publishing into a local
 livekit-server, until the workers start dropping video (their lag gate or queue)
 or use more CPU than the machine has. For each step: the workers' CPU (cores),

@@ -1,7 +1,7 @@
 """CPU per second of media of the media pipeline, beside ffmpeg doing the same work.
 
 A 1920x1080 30 fps H.264 + AAC source (10 s, made once with ffmpeg) is fed, paced
-in real time, to a session worker (relay/worker.py) that publishes into a real
+in real time, to a session worker (relay/worker/main.py) that publishes into a real
 livekit-server: decode (PyAV), scale to the preset's top layer, and libwebrtc's
 simulcast encoding of the layers a subscriber receives (OpenH264 inside the SDK),
 plus AAC -> PCM. The worker's CPU time (all its threads) is read from /proc.

@@ -1,4 +1,4 @@
-"""Capacity admission (relay/admission.py): LiveKit's rule in cores, on a fake
+"""Capacity admission (relay/service/ingest/admission.py): LiveKit's rule in cores, on a fake
 NodeStatus and a fake clock."""
 
 from __future__ import annotations

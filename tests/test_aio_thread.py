@@ -1,4 +1,4 @@
-"""The asyncio edge of a session worker (relay/aio_thread.py), without a peer."""
+"""The asyncio edge of a session worker (relay/worker/aio_thread.py), without a peer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""relay/url_pull.py without a room: the pacing clock, the HTTP probe and opening sources."""
+"""relay/worker/url_input.py without a room: the pacing clock, the HTTP probe, opening
+sources."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Sans-IO WHIP signalling core: offer and PATCH bodies in, typed decisions out.
 
-No sockets, clocks or WebRTC stack: the HTTP resource (relay/whip_ingest.py) asks this
+No sockets, clocks or WebRTC stack: the HTTP resource (relay/service/ingest/whip_front.py) asks this
 package whether it can take a publisher's offer before it starts a session worker, and
 what a PATCH asks for. Typical use::
 

@@ -2,10 +2,10 @@
 
 The worker opens the URL itself (FFmpeg's network and demuxer code, C parsing
 remote input, runs in the session's own process like every decoder): HTTP(S)
-files and streams and HLS through PyAV, `srt://` through libsrt (relay/srt.py)
+files and streams and HLS through PyAV, `srt://` through libsrt (relay/worker/srt.py)
 feeding PyAV's MPEG-TS demuxer. A thread demuxes into two bounded queues of coded
 packets; a video and an audio stage decode them and hand them to the shared
-outputs (relay/worker.py's PictureOutput and AudioOutput) at the time their
+outputs (relay/worker/session.py's PictureOutput and AudioOutput) at the time their
 timestamps say, on one `MediaClock`: a file is published as fast as it plays, no
 faster.
 

@@ -1,6 +1,6 @@
 """A WHIP session inside a session worker: the publisher's peer connection to the room.
 
-The front (relay/whip_ingest.py) sends `Start` with the publisher's SDP offer; the
+The front (relay/service/ingest/whip_front.py) sends `Start` with the publisher's SDP offer; the
 worker answers it (`WhipAnswer`), joins the room and moves the media itself, so a
 WHIP session is isolated in its own process exactly like an RTMP one.
 

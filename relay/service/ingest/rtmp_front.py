@@ -173,7 +173,7 @@ class InputStats:
 
 @dataclass(frozen=True)
 class RtmpSettings:
-    """Limits of the RTMP/RTMPS listeners (config keys ``rtmp_*``, see relay/config.py)."""
+    """Limits of the RTMP/RTMPS listeners (config keys ``rtmp_*``, see relay/service/config.py)."""
 
     handshake_timeout: float = 10.0
     idle_timeout: float = 30.0

@@ -1,4 +1,4 @@
-"""The service's side of a session worker process (relay/worker.py).
+"""The service's side of a session worker process (relay/worker/main.py).
 
 `open_session_worker()` starts the child, sends it `Start`, and yields a
 `SessionWorker` to feed media events to and read state reports from. Leaving the
