@@ -94,6 +94,7 @@ class _Faults(logging.Handler):
 ERRORS = _Errors()
 FAULTS = _Faults()
 logging.getLogger("relay.service.http.server").addHandler(FAULTS)
+logging.getLogger("relay.service.http.hypercorn").addHandler(FAULTS)
 logging.getLogger().addHandler(ERRORS)
 logging.getLogger().setLevel(logging.CRITICAL)  # nothing printed; ERRORS still sees them
 for _name in ("relay", "api", "hypercorn", "quart", "ingress-relay"):
@@ -282,10 +283,12 @@ def check_output(output: bytes, methods: list[str]) -> None:
 
 
 def has_malformed_request(data: bytes) -> bool:
-    """Whether h11 (which hypercorn uses) refuses some request in these bytes, each
-    earlier one answered with an empty 200."""
+    """Whether h11 (which hypercorn uses) refuses some request in these bytes followed
+    by the client's close (a request cut off by it counts), each earlier one answered
+    with an empty 200."""
     conn = h11.Connection(h11.SERVER)
     conn.receive_data(data)
+    conn.receive_data(b"")
     while True:
         try:
             event = conn.next_event()

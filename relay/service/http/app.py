@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Response, request
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 
 from api.errors import TwirpError
 from api.twirp import MAX_BODY_BYTES, TwirpServer, too_large
@@ -131,7 +132,7 @@ class TwirpMiddleware:
             await _respond(send, 400, "text/plain", b"bad request target\n", close=True)
             return
         if scope["type"] != "http" or not scope["path"].startswith("/twirp/"):
-            await self._quart(scope, receive, send)
+            await self._to_quart(scope, receive, send)
             return
         headers: dict[bytes, bytes] = dict(scope["headers"])
         if self._twirp is None:
@@ -151,6 +152,37 @@ class TwirpMiddleware:
         )
         await _respond(send, result.status, result.content_type, result.body,
                        close=body is _UNREAD)
+
+
+    async def _to_quart(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Quart, with its refusals of a request (a werkzeug HTTPException such as
+        BadHost for a malformed Host header) answered as what they are: quart-trio
+        0.12 lets them out wrapped in an ExceptionGroup, which hypercorn turns into a
+        500 and an error log (found by fuzz/fuzz_http.py)."""
+        started = False
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self._quart(scope, receive, tracking_send)
+        except Exception as exc:
+            refusal = _client_error(exc)
+            if refusal is None or started:
+                raise
+            await _respond(send, refusal.code or 400, "text/plain",
+                           f"{refusal.name}\n".encode(), close=True)
+
+
+def _client_error(exc: BaseException) -> HTTPException | None:
+    """The werkzeug 4xx in `exc` or in its exception group, if that is all it holds."""
+    if isinstance(exc, HTTPException) and (exc.code or 500) < 500:
+        return exc
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return _client_error(exc.exceptions[0])
+    return None
 
 
 async def _respond(send: Any, status: int, content_type: str, body: bytes, *,

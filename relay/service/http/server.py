@@ -14,6 +14,10 @@ docs/DESIGN.md):
   connection's reader waiting forever for a "can read" event nobody sets: the
   socket is closed but the task and its buffers stay. Here a connection whose
   stream was closed is cancelled `CLOSE_GRACE` seconds later if it has not ended.
+* a method hypercorn upper-cases for the app but h11 frames as sent (``hEAD``):
+  the app answers a HEAD, h11 expects a body, and hypercorn logs the app's
+  failure at ERROR. The connection ends either way; `_H11FramingFaults` makes the
+  record a warning, so a client cannot fill the error log with it.
 
 Settings (hypercorn's own keys; nothing here parses HTTP):
 
@@ -53,6 +57,29 @@ CLOSE_GRACE = 5.0  # a connection still running this long after its socket close
 NO_REQUEST_CAP = 1 << 62
 
 
+class _H11FramingFaults(logging.Filter):
+    """hypercorn's "Error in ASGI Framework" caused by h11 refusing a response's
+    framing (see the module docstring) is the server's fault, not the app's: a
+    warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
+        if (record.levelno >= logging.ERROR and exc is not None
+                and type(exc).__module__.startswith("h11")
+                and type(exc).__name__ == "LocalProtocolError"):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = None
+            record.msg = f"{record.getMessage()}: {exc!r} (connection ended)"
+            record.args = ()
+        return True
+
+
+HYPERCORN_LOG = logging.getLogger("relay.service.http.hypercorn")
+HYPERCORN_LOG.addFilter(_H11FramingFaults())
+
+
 def listener_config(host: str, port: int, *, cert_file: str = "", key_file: str = ""
                     ) -> HypercornConfig:
     """hypercorn's configuration of one listener (see the module docstring)."""
@@ -65,7 +92,7 @@ def listener_config(host: str, port: int, *, cert_file: str = "", key_file: str 
     config.graceful_timeout = GRACEFUL_TIMEOUT
     config.include_server_header = False
     config.accesslog = None
-    config.errorlog = logging.getLogger("relay.service.http.hypercorn")
+    config.errorlog = HYPERCORN_LOG
     config.backlog = 1024
     if cert_file:
         config.certfile, config.keyfile = cert_file, key_file
