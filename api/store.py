@@ -10,6 +10,7 @@ So an UpdateIngress racing a session that reports PUBLISHING cannot undo either.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -331,6 +332,19 @@ class SqliteIngressStore:
         return await self._write(apply, ingress_ids=(ingress_id,))
 
 
+def _private_files(path: Path) -> None:
+    """The store holds every stream key and URL credentials: its folder is the
+    owner's alone (0700) and its files are 0600. SQLite gives the -wal and -shm
+    files the permissions of the database file, so creating that one first is
+    enough; an existing store is tightened."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
+        if file.exists():
+            file.chmod(0o600)
+
+
 @asynccontextmanager
 async def open_sqlite_store(path: Path) -> AsyncIterator[SqliteIngressStore]:
     """Open (creating if needed) the store at `path`, with its writer task running.
@@ -338,7 +352,7 @@ async def open_sqlite_store(path: Path) -> AsyncIterator[SqliteIngressStore]:
     An exception from the caller's block comes out as itself, not wrapped in the
     writer nursery's ExceptionGroup.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    await trio.to_thread.run_sync(_private_files, path)
     store = await trio.to_thread.run_sync(SqliteIngressStore, path)
     try:
         async with trio.open_nursery() as nursery:

@@ -150,3 +150,23 @@ async def test_room_wire_answers_follow_every_write(tmp_path: Path) -> None:
         await check("x", "y")
         assert [i.ingress_id for i in pb.ListIngressResponse.FromString(
             await store.list_room_wire("x")).items] == [a.ingress_id, b.ingress_id]
+
+
+async def test_the_store_is_private_to_its_owner(tmp_path: Path) -> None:
+    """Stream keys and URL credentials live here: folder 0700, files 0600, also
+    when an older store was created more openly."""
+    folder = tmp_path / "data"
+    folder.mkdir(mode=0o755)
+    (folder / "s.sqlite3").touch(mode=0o644)
+    (folder / "s.sqlite3").chmod(0o644)
+    async with open_sqlite_store(folder / "s.sqlite3") as store:
+        await store.create(info(1))
+        files = sorted(p.name for p in folder.iterdir())
+        assert files == ["s.sqlite3", "s.sqlite3-shm", "s.sqlite3-wal"]
+        assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == dict.fromkeys(
+            files, 0o600)
+    assert folder.stat().st_mode & 0o777 == 0o700
+    async with open_sqlite_store(tmp_path / "new" / "s.sqlite3") as store:
+        await store.create(info(1))
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "new").iterdir()} == {0o600}
