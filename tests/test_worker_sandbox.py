@@ -29,7 +29,8 @@ def test_the_worker_environment_keeps_no_key() -> None:
                               "INGRESS_CONFIG_BODY": f"api_secret: {SECRET}",
                               "INGRESS_API_SECRET": SECRET, "PATH": "/bin",
                               "LC_ALL": "C.UTF-8", "INGRESS_WORKER_LOG": "DEBUG"})
-    assert env == {"PATH": "/bin", "LC_ALL": "C.UTF-8", "INGRESS_WORKER_LOG": "DEBUG"}
+    assert env == {"PATH": "/bin", "LC_ALL": "C.UTF-8", "INGRESS_WORKER_LOG": "DEBUG",
+                   "INGRESS_SERVICE_PID": str(os.getpid())}
 
 
 @pytest.fixture

@@ -33,6 +33,9 @@ from .url_input import UrlPull
 
 log = logging.getLogger("relay.worker")
 
+PARENT_CHECK_INTERVAL = 0.5
+SERVICE_PID = "INGRESS_SERVICE_PID"  # set by the service: it may be gone before we look
+
 
 async def run(stdin: trio.abc.ReceiveStream, stdout: trio.abc.SendStream) -> int:
     reader = MessageReader()
@@ -101,8 +104,23 @@ def main() -> int:
     async def entry() -> int:
         stdin = trio.lowlevel.FdStream(os.dup(0))
         stdout = trio.lowlevel.FdStream(os.dup(1))
-        async with stdin, stdout:
-            return await run(stdin, stdout)
+        async with stdin, stdout, trio.open_nursery() as nursery:
+            service = int(os.environ.get(SERVICE_PID, "0")) or os.getppid()
+            nursery.start_soon(exit_with_the_service, service)
+            code = await run(stdin, stdout)
+            nursery.cancel_scope.cancel()
+            return code
 
     return trio.run(entry)
+
+
+async def exit_with_the_service(service_pid: int) -> None:
+    """Leave at once when the service process is gone (killed, crashed), whatever the
+    session is doing: its stdin EOF is only read between media, not while joining the
+    room. (PR_SET_PDEATHSIG would follow the thread that spawned the worker, and trio
+    spawns from its thread cache, whose threads come and go.)"""
+    while os.getppid() == service_pid:
+        await trio.sleep(PARENT_CHECK_INTERVAL)
+    log.warning("the service process %d is gone: leaving", service_pid)
+    os._exit(3)
 

@@ -11,7 +11,6 @@ becomes `SessionWorker.failure`.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -131,30 +130,21 @@ WORKER_ENVIRONMENT = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LI
                       "PYTHONPATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "INGRESS_WORKER_LOG",
                       "INGRESS_URL_STALL_TIMEOUT", "http_proxy", "https_proxy", "no_proxy",
                       "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
-_PR_SET_PDEATHSIG = 1
 
 
 def worker_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment a session worker starts with (see WORKER_ENVIRONMENT)."""
     environ = os.environ if environ is None else environ
-    return {k: v for k, v in environ.items() if k in WORKER_ENVIRONMENT or k.startswith("LC_")}
-
-
-def _die_with_the_service() -> None:
-    """In the child before exec: SIGKILL when the service process dies, so no worker
-    outlives a node that was killed (Linux; elsewhere the stdin EOF still ends it)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+    kept = {k: v for k, v in environ.items() if k in WORKER_ENVIRONMENT or k.startswith("LC_")}
+    # the worker leaves when this process is gone (relay/worker/main.py)
+    return kept | {"INGRESS_SERVICE_PID": str(os.getpid())}
 
 
 @asynccontextmanager
 async def open_session_worker(start: Start) -> AsyncIterator[SessionWorker]:
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "relay.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        env=worker_environment(), preexec_fn=_die_with_the_service)
+        env=worker_environment())
     worker = SessionWorker(process)
     try:
         with unwrap_single_exception():
