@@ -13,6 +13,7 @@ import asyncio
 import gc
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -59,14 +60,24 @@ def _serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
+        log = logging.getLogger("relay.service")
+        stop = trio.Event()
         async with trio.open_nursery() as nursery:
-            with trio.open_signal_receiver(2, 15) as signals:  # SIGINT, SIGTERM
-                await nursery.start(serve, config)
+
+            async def node(task_status: trio.TaskStatus[None]) -> None:
+                await serve(config, stop=stop, task_status=task_status)
+                nursery.cancel_scope.cancel()  # stopped in order: nothing left to wait for
+
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                await nursery.start(node)
                 tune_gc()
                 async for signum in signals:
-                    logging.getLogger("relay.service").info("signal %d: shutting down", signum)
-                    nursery.cancel_scope.cancel()
-                    break
+                    if stop.is_set():  # a second signal: do not wait any longer
+                        log.warning("signal %d again: exiting now", signum)
+                        nursery.cancel_scope.cancel()
+                        break
+                    log.info("signal %d: shutting down", signum)
+                    stop.set()
 
     try:
         trio.run(main)

@@ -66,8 +66,17 @@ class NodeCommands:
         self.pulls.start(info)
 
 
-async def serve(config: Config,
+SHUTDOWN_GRACE = 10.0  # seconds live sessions get to leave their rooms and write states
+
+
+async def serve(config: Config, *, stop: trio.Event | None = None,
                 task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the node until `stop` is set (then stop in order and return) or until
+    cancelled (then everything ends at once).
+
+    The orderly stop: refuse new sessions (/availability answers 503), end the live
+    ones with "server shutting down" and wait, at most SHUTDOWN_GRACE seconds, for
+    each to write its final state, then close the listeners and, last, the store."""
     if config.dev:
         log.warning("DEVELOPMENT MODE: API key %r with the well-known secret; "
                     "never expose this node", config.api_key)
@@ -134,7 +143,16 @@ async def serve(config: Config,
         log.info("ingress service ready: %s, store %s", ", ".join(parts), config.store_path)
         task_status.started(bound)
         try:
-            await trio.sleep_forever()
-        finally:
+            await (stop.wait() if stop is not None else trio.sleep_forever())
+            log.info("stopping: ending %d live sessions", len(registry))
+            status.drain()
+            registry.stop_all(SHUTTING_DOWN)
+            with trio.move_on_after(SHUTDOWN_GRACE) as grace:
+                await registry.wait_empty()
+            if grace.cancelled_caught:
+                log.warning("%d sessions still live after %.0f s: ending them anyway",
+                            len(registry), SHUTDOWN_GRACE)
+            nursery.cancel_scope.cancel()
+        finally:  # cancelled: no time to wait for anything
             status.drain()
             registry.stop_all(SHUTTING_DOWN)

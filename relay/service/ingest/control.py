@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from typing import Protocol
 
 import trio
@@ -37,6 +38,7 @@ from api.store import IngressStore
 log = logging.getLogger(__name__)
 
 ACTIVE = (pb.IngressState.ENDPOINT_BUFFERING, pb.IngressState.ENDPOINT_PUBLISHING)
+RESTARTED = "the node restarted while the session was live"
 
 
 class StateWrite(enum.Enum):
@@ -79,11 +81,23 @@ class LocalControlPlane:
 
     async def run(self, commands: SessionCommands, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Resume the URL pulls the previous run of the service left live (a restart
-        interrupted them; a URL ingress that ended stays ended), then idle."""
+        """Correct what the previous run of the node left live (it was killed, or
+        crashed), before any new session starts, then idle. A URL pull is resumed (a
+        URL ingress that ended stays ended); an RTMP or WHIP session is over, its
+        publisher gone with the old process: ENDPOINT_ERROR, RESTARTED."""
         for info in await self.store.list():
-            if info.input_type == pb.IngressInput.URL_INPUT and info.state.status in ACTIVE:
+            if info.state.status not in ACTIVE:
+                continue
+            if info.input_type == pb.IngressInput.URL_INPUT:
                 log.info("resuming the pull of %s, interrupted by a restart", info.ingress_id)
                 commands.start_pull(info)
+                continue
+            log.warning("session %s of %s was live when this node stopped: %s",
+                        info.state.resource_id, info.ingress_id, RESTARTED)
+            state = pb.IngressState()
+            state.CopyFrom(info.state)  # same session (started_at): the store takes it
+            state.status, state.error = pb.IngressState.ENDPOINT_ERROR, RESTARTED
+            state.ended_at = state.updated_at = time.time_ns()
+            await self.store.update_state(info.ingress_id, state)
         task_status.started()
         await trio.sleep_forever()

@@ -30,6 +30,8 @@ class SessionRegistry:
 
     def __init__(self) -> None:
         self._live: dict[str, LiveSession] = {}
+        self._emptied = trio.Event()
+        self._emptied.set()
 
     def __len__(self) -> int:
         return len(self._live)
@@ -46,12 +48,16 @@ class SessionRegistry:
             old.stop_reason = f"taken over by {resource_id}"
             old.cancel_scope.cancel()
         session = LiveSession(ingress_id, resource_id, cancel_scope)
+        if self._emptied.is_set():
+            self._emptied = trio.Event()
         self._live[ingress_id] = session
         try:
             yield session
         finally:
             if self._live.get(ingress_id) is session:
                 del self._live[ingress_id]
+                if not self._live:
+                    self._emptied.set()
 
     def stop(self, ingress_id: str, reason: str) -> bool:
         session = self._live.get(ingress_id)
@@ -65,3 +71,7 @@ class SessionRegistry:
     def stop_all(self, reason: str) -> None:
         for ingress_id in list(self._live):
             self.stop(ingress_id, reason)
+
+    async def wait_empty(self) -> None:
+        """Return once no session is registered (each has run its cleanup)."""
+        await self._emptied.wait()
