@@ -26,7 +26,7 @@ import pytest
 from livekit.protocol import ingress as pb
 
 import rtmp
-from relay.service.ingest.rtmp_front import PROGRESS_INTERVAL, InputStats
+from relay.service.ingest.rtmp_front import PROGRESS_INTERVAL, InputStats, key_fingerprint
 from rtmp._chunks import MSG_AMF0_COMMAND, MSG_SET_CHUNK_SIZE, MSG_VIDEO
 from rtmp._handshake import client_c2, client_hello
 from tests.service import ServiceProcess
@@ -361,7 +361,7 @@ def test_publish_refused(svc: ServiceProcess, healthy: Live, case: str, text: st
     assert pub.wait() != 0
     assert f"Server error: {text}" in pub.stderr, pub.stderr
     assert re.search(rf"rtmp connection from 127\.0\.0\.1:\d+: publish \(app 'live', key "
-                     rf"{key[:4]}\.\.\.\) refused.*: {text}$", svc.log(), re.M)
+                     rf"{re.escape(key_fingerprint(key))}\) refused.*: {text}$", svc.log(), re.M)
     if ingress_id:
         assert state(svc, ingress_id).status == INACTIVE
     assert_unaffected(svc, healthy, before)

@@ -34,6 +34,7 @@ reading and back-pressures the encoder over TCP; if it blocks longer than
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import ssl
@@ -250,9 +251,10 @@ def load_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return ctx
 
 
-def _redact(key: str) -> str:
-    """Enough of a stream key to match it up in logs, not enough to use it."""
-    return key[:4] + "..." if len(key) > 6 else "..."
+def key_fingerprint(key: str) -> str:
+    """A stream key as logs name it: the same key always reads the same, and nothing
+    of it can be used or guessed from the log (a prefix would shorten a brute force)."""
+    return "#" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:8]
 
 
 class _Closed(Exception):
@@ -334,7 +336,7 @@ class _Connection:
             await self._flush_briefly()
             ingress = f" (ingress {exc.info.ingress_id})" if exc.info is not None else ""
             log.warning("%s: publish (app %r, key %s) refused%s: %s", who, request.app,
-                        _redact(request.stream_key), ingress, exc.text)
+                        key_fingerprint(request.stream_key), ingress, exc.text)
             return
         if self.ended_cleanly:
             await self._drain()
