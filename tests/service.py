@@ -149,3 +149,19 @@ def run_asyncio(coro: Awaitable[T]) -> T:
     if not ok:
         raise value
     return value
+
+
+def child_processes(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live child processes of `pid` (session workers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append((int(entry), cmdline.replace(b"\0", b" ").decode(errors="replace")))
+    return found

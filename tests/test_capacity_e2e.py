@@ -11,10 +11,8 @@ that a worker ran.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,7 +20,7 @@ from livekit.protocol import ingress as pb
 
 from relay.service.ingest.rtmp_front import key_fingerprint
 from tests.livekit import free_port
-from tests.service import ServiceProcess, run_asyncio
+from tests.service import ServiceProcess, child_processes, run_asyncio
 from tests.test_rtmp_ingest import Publisher, create, ffmpeg_cmd, state, url, wait_state
 from tests.test_whip_e2e import offer_with
 
@@ -49,18 +47,7 @@ def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
 
 def children(pid: int) -> list[str]:
     """Command lines of the live child processes of `pid` (session workers)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
-    return found
+    return [cmdline for _, cmdline in child_processes(pid)]
 
 
 def assert_no_worker(svc: ServiceProcess, ingress_id: str) -> None:

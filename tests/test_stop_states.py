@@ -35,11 +35,16 @@ def stored_state(svc: ServiceProcess, ingress_id: str) -> pb.IngressState:
     return trio.run(read)
 
 
-def test_sigterm_writes_the_final_state_of_live_sessions(tmp_path: Path) -> None:
+def live_session(tmp_path: Path) -> tuple[ServiceProcess, pb.IngressInfo, Publisher]:
+    """A service with one RTMP session publishing (BUFFERING: no LiveKit server)."""
     svc = ServiceProcess(tmp_path, rtmp_port=0)
     svc.start()
-    info = create(svc, name="live at shutdown")
-    publisher = Publisher(ffmpeg_cmd(url(svc, info.stream_key), 30))
+    info = create(svc, name="live when the node stops")
+    return svc, info, Publisher(ffmpeg_cmd(url(svc, info.stream_key), 30))
+
+
+def test_sigterm_writes_the_final_state_of_live_sessions(tmp_path: Path) -> None:
+    svc, info, publisher = live_session(tmp_path)
     try:
         live = wait_state(svc, info.ingress_id, BUFFERING)
         started = time.monotonic()
@@ -55,10 +60,7 @@ def test_sigterm_writes_the_final_state_of_live_sessions(tmp_path: Path) -> None
 
 
 def test_after_sigkill_the_next_start_ends_what_was_live(tmp_path: Path) -> None:
-    svc = ServiceProcess(tmp_path, rtmp_port=0)
-    svc.start()
-    info = create(svc, name="live at the crash")
-    publisher = Publisher(ffmpeg_cmd(url(svc, info.stream_key), 30))
+    svc, info, publisher = live_session(tmp_path)
     try:
         live = wait_state(svc, info.ingress_id, BUFFERING)
         assert svc.proc is not None

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from relay.service.ingest.worker_client import worker_environment
-from tests.service import ServiceProcess
+from tests.service import ServiceProcess, child_processes
 from tests.test_capacity_e2e import children
 from tests.test_rtmp_ingest import Publisher, create, ffmpeg_cmd, url
 
@@ -44,18 +44,7 @@ def silent_server() -> Iterator[int]:
 
 def worker_pids(svc: ServiceProcess) -> list[int]:
     assert svc.proc is not None
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == svc.proc.pid and b"relay.worker" in cmdline:
-            pids.append(int(entry))
-    return pids
+    return [pid for pid, cmdline in child_processes(svc.proc.pid) if "relay.worker" in cmdline]
 
 
 def alive(pid: int) -> bool:
