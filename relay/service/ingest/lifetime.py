@@ -211,10 +211,10 @@ class SessionHost:
         """Run one session around the caller's block (see the module docstring).
 
         Raises Refused instead of running the block (capacity, ingress gone, stopped
-        while starting). The block's
-        own failures end the session, never the caller: SessionFailure's text
-        becomes the error, any other exception is logged as a bug and recorded as
-        "internal error". Cancellation (stop, takeover, shutdown) ends it quietly.
+        or failed while starting). The block's own failures end the session, never
+        the caller: SessionFailure's text becomes the error, any other exception is
+        logged as a bug and recorded as "internal error". Cancellation (stop,
+        takeover, shutdown) ends it quietly.
         """
         transcode = transcoding_enabled(info)
         promise = self.admission.reserve(self.admission.cost_for(kind, transcode))
@@ -245,7 +245,6 @@ class SessionHost:
                     self._refuse(kind, Refusal.GONE, "unknown stream key", info)
                 if written is StateWrite.STALE:
                     log.warning("%s: the control plane holds a newer state; going on", who)
-                started = True
                 metrics.INGRESS_REQUESTS.labels(kind, "true" if transcode else "false").inc()
                 log.info("%s: publishing to room %r as %r", who, info.room_name,
                          info.participant_identity)
@@ -283,8 +282,8 @@ class SessionHost:
             finally:
                 if started:
                     await self._finish(live, who, trio.current_time() - began)
-        if not yielded:  # cancelled while starting: the caller's block never ran
-            raise Refused(Refusal.STOPPED, f"the session was stopped while starting: "
+        if not yielded:  # stopped (or failed) while starting: the block never ran
+            raise Refused(Refusal.STOPPED, f"the session ended while starting: "
                           f"{live.reason}", info)
 
     async def _finish(self, live: Live, who: str, elapsed: float) -> None:
