@@ -6,6 +6,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
+def sole_exception(exc: BaseException) -> BaseException:
+    """The exception inside nested one-member exception groups (or `exc` itself)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 @contextmanager
 def unwrap_single_exception() -> Iterator[None]:
     """Let a lone exception out of a nursery-backed context manager as itself.
@@ -17,5 +24,5 @@ def unwrap_single_exception() -> Iterator[None]:
         yield
     except BaseExceptionGroup as group:
         if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
+            raise sole_exception(group) from None
         raise

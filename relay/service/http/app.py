@@ -24,6 +24,7 @@ from api.twirp import MAX_BODY_BYTES, TwirpServer, too_large
 
 from .. import metrics
 from ..status import NodeStatus
+from ..trio_util import sole_exception
 
 DISCARD_LIMIT = 64 << 20  # oversized Twirp bodies up to this size are read and dropped
 _UNREAD = too_large()  # answered without reading the body, then the connection closes
@@ -178,11 +179,8 @@ class TwirpMiddleware:
 
 def _client_error(exc: BaseException) -> HTTPException | None:
     """The werkzeug 4xx in `exc` or in its exception group, if that is all it holds."""
-    if isinstance(exc, HTTPException) and (exc.code or 500) < 500:
-        return exc
-    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        return _client_error(exc.exceptions[0])
-    return None
+    exc = sole_exception(exc)
+    return exc if isinstance(exc, HTTPException) and (exc.code or 500) < 500 else None
 
 
 async def _respond(send: Any, status: int, content_type: str, body: bytes, *,

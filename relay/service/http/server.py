@@ -47,6 +47,8 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import repr_socket_addr, wrap_app
 
+from ..trio_util import sole_exception
+
 log = logging.getLogger(__name__)
 
 KEEP_ALIVE_TIMEOUT = 75
@@ -63,9 +65,7 @@ class _H11FramingFaults(logging.Filter):
     warning."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-            exc = exc.exceptions[0]
+        exc = sole_exception(record.exc_info[1]) if record.exc_info else None
         if (record.levelno >= logging.ERROR and exc is not None
                 and type(exc).__module__.startswith("h11")
                 and type(exc).__name__ == "LocalProtocolError"):

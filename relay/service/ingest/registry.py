@@ -36,9 +36,6 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._live)
 
-    def get(self, ingress_id: str) -> LiveSession | None:
-        return self._live.get(ingress_id)
-
     @contextmanager
     def register(self, ingress_id: str, resource_id: str,
                  cancel_scope: trio.CancelScope) -> Iterator[LiveSession]:

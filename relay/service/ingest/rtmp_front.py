@@ -47,7 +47,7 @@ import trio
 import rtmp
 
 from .lifetime import Live, Refusal, Refused, SessionHost
-from .sink import MediaSink, SinkEvent, WorkerSink
+from .sink import SinkEvent, WorkerSink
 
 log = logging.getLogger(__name__)
 
@@ -113,19 +113,13 @@ def _positive(value: Any) -> bool:
 
 @dataclass
 class InputStats:
-    """Per-track frame/byte counts and the input description (a :class:`MediaSink`).
-
-    Kept for every live session whatever sink is configured: it feeds the session's
-    log lines now and the IngressState input fields (width, height, framerate,
-    average_bitrate) once a pipeline reports PUBLISHING.
-    """
+    """Per-track frame/byte counts and the input description, kept by the front for
+    every live session (with or without a worker): its progress and final log lines.
+    The IngressState input fields come from the worker's own counts."""
 
     tracks: dict[tuple[str, int], TrackStats] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     unsupported: int = 0
-
-    async def send(self, event: SinkEvent) -> None:
-        self.observe(event)
 
     def _track(self, kind: str, track_id: int) -> TrackStats:
         key = (kind, track_id)
@@ -378,7 +372,7 @@ class _Connection:
             self.live = False
             live.labels["summary"] = "; " + self.stats.describe()
 
-    async def _pump_into(self, stream_id: int, sink: MediaSink | None) -> str:
+    async def _pump_into(self, stream_id: int, sink: WorkerSink | None) -> str:
         session, stats, stream = self.session, self.stats, self.stream
         idle_timeout = self.ingest.settings.idle_timeout
         media = _MEDIA_TYPES

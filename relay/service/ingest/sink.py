@@ -9,8 +9,6 @@ raises SessionFailure with the worker's reason, which becomes the ingress' error
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import rtmp
 
 from .lifetime import SessionFailure
@@ -20,15 +18,8 @@ SinkEvent = rtmp.MediaEvent | rtmp.Metadata
 FORWARDED = (rtmp.VideoConfig, rtmp.VideoFrame, rtmp.AudioConfig, rtmp.AudioFrame)
 
 
-class MediaSink(Protocol):
-    """Consumes the media events of one accepted publish, in arrival order."""
-
-    async def send(self, event: SinkEvent) -> None:
-        """Take one event; may block to push back on the publisher."""
-
-
 class WorkerSink:
-    """MediaSink: forwards the events a worker decodes to the session's worker process."""
+    """Forwards the events a worker decodes to the session's worker process."""
 
     def __init__(self, worker: SessionWorker) -> None:
         self.worker = worker
