@@ -13,7 +13,9 @@ Reader decisions (documented because peers disagree):
   delta, as FFmpeg, SRS and nginx-rtmp do.
 * **Set Chunk Size** above 0xFFFFFF is clamped to 0xFFFFFF: the spec says all larger
   sizes are equivalent (no message exceeds 0xFFFFFF bytes), so parsing is unchanged and
-  2^31-1 is accepted. A value above ``max_chunk_size`` (after clamping), zero, or with
+  2^31-1 is accepted. A value above ``max_chunk_size`` (after clamping), below
+  ``min_chunk_size`` (``ServerSession`` uses 128, the protocol's initial size, which
+  encoders only ever raise: smaller chunks only multiply the headers to parse), or with
   bit 31 set is a protocol error.
 * **64-bit timestamps.** Wire timestamps are 32-bit; each message stream keeps a 64-bit
   clock advanced by the signed 32-bit difference to its previous media/data message
@@ -112,6 +114,7 @@ class ChunkReader:
         self,
         *,
         max_chunk_size: int = MAX_WIRE_CHUNK_SIZE,
+        min_chunk_size: int = 1,
         max_message_size: int = 8 * 1024 * 1024,
         max_chunk_streams: int = 64,
         max_buffered_bytes: int = 16 * 1024 * 1024,
@@ -119,6 +122,7 @@ class ChunkReader:
         pause_on_ack: bool = False,
     ) -> None:
         self.max_chunk_size = max_chunk_size
+        self.min_chunk_size = min_chunk_size
         # stop parsing at a chunk boundary where an ack fell due, so the caller takes every
         # ack (none is overwritten by a later one) whatever the read sizes were
         self.pause_on_ack = pause_on_ack
@@ -168,6 +172,10 @@ class ChunkReader:
         if size <= 0 or size > 0x7FFFFFFF:
             raise RTMPProtocolError(f"invalid chunk size {size}")
         size = min(size, MAX_WIRE_CHUNK_SIZE)
+        if size < self.min_chunk_size:
+            raise RTMPProtocolError(
+                f"chunk size {size} below the minimum {self.min_chunk_size}"
+            )
         if size > self.max_chunk_size:
             raise RTMPProtocolError(
                 f"chunk size {size} above the configured cap {self.max_chunk_size}"

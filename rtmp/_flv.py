@@ -458,15 +458,19 @@ class FLVTag:
     data: bytes
 
 
-def iter_tags(data: bytes) -> list[FLVTag]:
+def iter_tags(data: bytes, *, max_tags: int | None = None) -> list[FLVTag]:
     """Split a run of FLV tags (each followed by its 4-byte size), as in aggregate messages.
 
-    Timestamps are the raw 32-bit tag timestamps (callers rebase them).
+    Timestamps are the raw 32-bit tag timestamps (callers rebase them). More than
+    ``max_tags`` tags is a protocol error: the work per message stays bounded however
+    small the tags are (empty tags cost a loop each and yield nothing).
     """
-    out = []
+    out: list[FLVTag] = []
     pos = 0
     n = len(data)
     while pos < n:
+        if max_tags is not None and len(out) >= max_tags:
+            raise RTMPProtocolError(f"aggregate message of more than {max_tags} tags")
         if pos + 11 > n:
             raise RTMPProtocolError("truncated FLV tag header")
         tag_type = data[pos] & 0x1F

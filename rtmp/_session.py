@@ -23,6 +23,14 @@ Media and data messages on a message stream that is not an accepted publish (no
 publish yet, rejected, or ended) are dropped and counted in ``dropped_messages``: a
 client cannot make the session buffer or emit media it did not agree to.
 
+Until the first publish is accepted the peer is unauthenticated, and what it can
+make the session do is small and proportional to the bytes it sent: messages are
+capped at ``max_message_size_before_publish`` (64 KiB: a connect or publish command
+is a few hundred bytes) and partial messages at ``max_buffered_bytes_before_publish``;
+aggregate and media messages are dropped before they are unpacked. Afterwards the
+``max_*`` caps of :class:`SessionConfig` apply; an aggregate holds at most
+``max_aggregate_tags`` tags, so no single message costs an unbounded loop.
+
 Acknowledgements (once the client sets a window) count chunk-stream bytes after the
 handshake and are decided at chunk boundaries, so they do not depend on how the input
 was split. ``onFCPublish`` is sent on acceptance (not on FCPublish), since only then
@@ -98,7 +106,11 @@ class SessionConfig:
     """
 
     max_chunk_size: int = MAX_WIRE_CHUNK_SIZE
+    min_chunk_size: int = 128
     max_message_size: int = 8 * 1024 * 1024
+    max_message_size_before_publish: int = 64 * 1024
+    max_buffered_bytes_before_publish: int = 256 * 1024
+    max_aggregate_tags: int = 1024
     max_chunk_streams: int = 64
     max_buffered_bytes: int = 16 * 1024 * 1024
     max_receive_buffer: int = 16 * 1024 * 1024
@@ -131,13 +143,17 @@ class ServerSession:
         self._hs_buf = bytearray()
         self._state = ConnState.AWAIT_C0C1
         self._digest = False
+        cfg = self.config
         self._reader = ChunkReader(
-            max_chunk_size=self.config.max_chunk_size,
-            max_message_size=self.config.max_message_size,
-            max_chunk_streams=self.config.max_chunk_streams,
-            max_buffered_bytes=self.config.max_buffered_bytes,
+            max_chunk_size=cfg.max_chunk_size,
+            min_chunk_size=cfg.min_chunk_size,
+            max_message_size=min(cfg.max_message_size, cfg.max_message_size_before_publish),
+            max_chunk_streams=cfg.max_chunk_streams,
+            max_buffered_bytes=min(cfg.max_buffered_bytes,
+                                   cfg.max_buffered_bytes_before_publish),
             pause_on_ack=True,
         )
+        self._authenticated = False  # a publish was accepted: the full caps apply
         self._writer = ChunkWriter(128)
         self._out = bytearray()
         self._events: deque[Event] = deque()
@@ -225,6 +241,10 @@ class ServerSession:
     def accept_publish(self, stream_id: int | None = None) -> None:
         """Accept the pending publish: Stream Begin, onStatus Publish.Start, onFCPublish."""
         st, sid = self._answer(Trigger.ACCEPT, stream_id)
+        if not self._authenticated:
+            self._authenticated = True
+            self._reader.max_message_size = self.config.max_message_size
+            self._reader.max_buffered_bytes = self.config.max_buffered_bytes
         self._send(_CSID_CONTROL, MSG_USER_CONTROL, 0, struct.pack(">HI", _UC_STREAM_BEGIN, sid))
         self._status(
             sid,
@@ -367,7 +387,11 @@ class ServerSession:
         # Stream Begin/EOF/Dry, Set Buffer Length...: nothing for a server to do
 
     def _on_aggregate(self, msg: RTMPMessage) -> None:
-        tags = iter_tags(msg.payload)
+        st = self._streams.get(msg.stream_id)
+        if st is None or st.state is not StreamState.PUBLISHING:
+            self.dropped_messages += 1  # not unpacked: nobody agreed to this media
+            return
+        tags = iter_tags(msg.payload, max_tags=self.config.max_aggregate_tags)
         if not tags:
             return
         base = tags[0].timestamp

@@ -18,6 +18,10 @@ to both listeners):
   error that ends that connection only.
 * ``rtmp_max_connections`` (default 500): simultaneous connections, both listeners
   together; further connections are closed at once with a log line.
+* ``rtmp_max_unauthenticated_connections`` (default 64): of those, how many may be
+  before an accepted publish (handshake, connect, a publish being looked up). Peers
+  that never publish cannot take the publishers' slots; past it a new connection is
+  closed at once with a log line.
 """
 
 from __future__ import annotations
@@ -116,6 +120,7 @@ class Config:
     rtmp_idle_timeout: float = 30.0
     rtmp_max_message_size: int = 8 * 1024 * 1024
     rtmp_max_connections: int = 500
+    rtmp_max_unauthenticated_connections: int = 64
     # beyond the reference: RTMP ingresses may set enable_transcoding=false (H.264
     # without B-frames goes to the room as sent); off keeps LiveKit's validation
     rtmp_passthrough: bool = False
@@ -276,6 +281,9 @@ def _check(config: Config) -> None:
                           "between 4096 and 16777215 bytes")
     if config.rtmp_max_connections < 1:
         raise ConfigError(f"rtmp_max_connections: {config.rtmp_max_connections} is below 1")
+    if config.rtmp_max_unauthenticated_connections < 1:
+        raise ConfigError("rtmp_max_unauthenticated_connections: "
+                          f"{config.rtmp_max_unauthenticated_connections} is below 1")
     if config.rtmps_port >= 0 and not (config.rtmps_cert_file and config.rtmps_key_file):
         raise ConfigError("rtmps_port needs rtmps_cert_file and rtmps_key_file")
     rtc = config.rtc_config

@@ -130,6 +130,7 @@ async def serve(config: Config, *, stop: trio.Event | None = None,
                 idle_timeout=config.rtmp_idle_timeout,
                 max_message_size=config.rtmp_max_message_size,
                 max_connections=config.rtmp_max_connections,
+                max_unauthenticated=config.rtmp_max_unauthenticated_connections,
             ))
             if config.rtmp_port >= 0:
                 rtmp = await nursery.start(ingest.serve, host_name, config.rtmp_port)

@@ -75,8 +75,10 @@ def test_connect_enhanced_rtmp_fields_echoed() -> None:
 
 
 def test_connect_echoes_only_fourcc_capabilities() -> None:
-    # peer values that AMF0 cannot encode, or that would expand, are not echoed
-    c = FakeClient()
+    # peer values that AMF0 cannot encode, or that would expand, are not echoed (a
+    # session that lets such a connect in: the default caps messages before publish)
+    c = FakeClient(rtmp.SessionConfig(randbytes=det_random(),
+                                      max_message_size_before_publish=1 << 20))
     c.connect(
         fourCcList=["av01", "x" * 70_000, 1.0, "*"],
         videoFourCcInfoMap=rtmp.AVMPlus({"hvc1": 1.0, "k" * 70_000: 1.0, "av01": b"x"}),
@@ -397,3 +399,50 @@ def test_receive_buffer_bounded_while_paused() -> None:
     with pytest.raises(rtmp.RTMPProtocolError, match="overflow"):
         for i in range(100):
             c.video(sid, i, KEYFRAME + bytes(500))
+
+
+# -- what an unauthenticated peer can make the session do (issue 12) -----------------------
+
+
+def _empty_tags(count: int) -> bytes:
+    """`count` empty video tags, as the aggregate that stalled the node was made of."""
+    return (b"\x09" + bytes(10) + struct.pack(">I", 11)) * count
+
+
+def test_message_before_publish_is_capped() -> None:
+    c = FakeClient(chunk_size=1 << 20)
+    c.connect()
+    with pytest.raises(rtmp.RTMPProtocolError, match="above the cap 65536"):
+        c.send(6, 22, 0, 0, _empty_tags(100_000))
+
+
+def test_the_full_cap_applies_once_a_publish_is_accepted() -> None:
+    c = FakeClient(chunk_size=1 << 20)
+    sid = c.publish_flow()
+    c.video(sid, 0, KEYFRAME + bytes(1 << 20))
+    (frame,) = c.of_type(rtmp.VideoFrame)
+    assert len(frame.data) == (1 << 20) + len(KEYFRAME) - 5
+
+
+def test_aggregate_before_publish_is_dropped_unopened() -> None:
+    c = FakeClient()
+    c.connect()
+    c.command("createStream", 2.0, None)
+    c.send(6, 22, 1, 0, b"\xff" * 1000)  # not even valid tags: never looked at
+    c.send(6, 22, 1, 0, _empty_tags(1000))
+    assert c.session.dropped_messages == 2
+
+
+def test_aggregate_tag_count_is_capped() -> None:
+    c = FakeClient(chunk_size=1 << 20)
+    sid = c.publish_flow()
+    c.send(6, 22, sid, 0, _empty_tags(1024))  # at the cap: fine
+    with pytest.raises(rtmp.RTMPProtocolError, match="more than 1024 tags"):
+        c.send(6, 22, sid, 0, _empty_tags(1025))
+
+
+@pytest.mark.parametrize("size", [1, 127])
+def test_chunk_size_below_the_protocol_default_is_refused(size: int) -> None:
+    c = FakeClient()
+    with pytest.raises(rtmp.RTMPProtocolError, match="below the minimum 128"):
+        c.send(2, MSG_SET_CHUNK_SIZE, 0, 0, struct.pack(">I", size))

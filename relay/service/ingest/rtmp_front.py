@@ -5,9 +5,12 @@ One task (and one nursery) per TCP connection. A connection goes through two pha
 1. **Until publish**, bounded by ``handshake_timeout`` from the TCP accept: the TLS
    handshake (RTMPS), the RTMP handshake, ``connect``, ``createStream`` and
    ``publish``. A peer that dribbles bytes (slowloris) is cut when the timeout
-   expires. The stream key (the last segment of the publish name) goes to the
-   session host (lifetime.py), whose refusals become an error ``onStatus`` (then the
-   connection is closed):
+   expires. Such a peer is unauthenticated: at most ``max_unauthenticated`` of them
+   at a time (a separate budget inside ``max_connections``, so they cannot take the
+   publishers' slots), and the core caps what it may send (64 KiB messages, no
+   media or aggregate unpacked: rtmp/_session.py). The stream key (the last segment
+   of the publish name) goes to the session host (lifetime.py), whose refusals
+   become an error ``onStatus`` (then the connection is closed):
 
    ============================== ============================ ======================
    case                           status code                  description
@@ -26,6 +29,9 @@ One task (and one nursery) per TCP connection. A connection goes through two pha
    disconnect (ENDPOINT_INACTIVE), on a protocol error or ``idle_timeout`` seconds
    without a byte (ENDPOINT_ERROR with the reason), or when the session is cancelled
    (ENDPOINT_INACTIVE): the host writes the final state.
+
+Both phases yield to the other tasks every ``EVENTS_PER_CHECKPOINT`` events, so no
+connection holds the event loop for longer than a bounded amount of parsing.
 
 A worker that falls behind blocks ``sink.send``, which stops the connection from
 reading and back-pressures the encoder over TCP; if it blocks longer than
@@ -55,6 +61,8 @@ RECEIVE_SIZE = 65536
 PROGRESS_INTERVAL = 2.0  # seconds between DEBUG progress lines of a live session
 FLUSH_TIMEOUT = 2.0  # seconds to deliver a refusal or a final reply before closing
 DRAIN_TIMEOUT = 2.0  # seconds to wait for the publisher's own close after a clean end
+EVENTS_PER_CHECKPOINT = 64  # events parsed between two yields to the event loop
+MAX_KEY_LENGTH = 256  # a longer stream key is unknown without a look-up
 
 ONE_PUBLISH = "one publish per connection"
 CLEAN_END = "publisher ended the stream"
@@ -174,6 +182,7 @@ class RtmpSettings:
     idle_timeout: float = 30.0
     max_message_size: int = 8 * 1024 * 1024
     max_connections: int = 500
+    max_unauthenticated: int = 64
 
 
 class RtmpFront:
@@ -183,6 +192,7 @@ class RtmpFront:
         self.host = host
         self.settings = settings or RtmpSettings()
         self.connections = 0
+        self.unauthenticated = 0  # connections without an accepted publish (yet)
 
     async def serve(
         self,
@@ -210,15 +220,17 @@ class RtmpFront:
         """Run one connection to its end; never raises (except Cancelled)."""
         peer = _peer(tcp)
         scheme = "rtmps" if ssl_context else "rtmp"
-        if self.connections >= self.settings.max_connections:
-            log.warning("%s connection from %s refused: max connections (%d) reached",
-                        scheme, peer, self.settings.max_connections)
+        full = self._full()
+        if full:
+            log.warning("%s connection from %s refused: %s reached", scheme, peer, full)
             await trio.aclose_forcefully(tcp)
             return
         self.connections += 1
+        self.unauthenticated += 1  # given back by conn.authenticated()
         stream: trio.abc.Stream = tcp
         if ssl_context is not None:
             stream = trio.SSLStream(tcp, ssl_context, server_side=True)
+        conn: _Connection | None = None
         try:
             async with trio.open_nursery() as nursery:
                 conn = _Connection(self, stream, peer, scheme, nursery)
@@ -228,7 +240,20 @@ class RtmpFront:
             log.exception("%s connection from %s: unexpected error", scheme, peer)
         finally:
             self.connections -= 1
+            if conn is None:
+                self.unauthenticated -= 1
+            else:
+                conn.authenticated()  # the slot back, if the publish never got that far
             await trio.aclose_forcefully(stream)
+
+    def _full(self) -> str:
+        """Which connection budget is spent, if one is ('' if neither)."""
+        s = self.settings
+        if self.connections >= s.max_connections:
+            return f"max connections ({s.max_connections})"
+        if self.unauthenticated >= s.max_unauthenticated:
+            return f"max unauthenticated connections ({s.max_unauthenticated})"
+        return ""
 
 
 def _peer(stream: trio.SocketStream) -> str:
@@ -267,7 +292,14 @@ class _Connection:
             rtmp.SessionConfig(max_message_size=ingest.settings.max_message_size))
         self.stats = InputStats()
         self.live = False  # between accept and the end of the session
+        self._unauthenticated = True  # holds one of the front's unauthenticated slots
         self.ended_cleanly = False  # the publisher ended the stream (deleteStream)
+
+    def authenticated(self) -> None:
+        """Give back this connection's unauthenticated slot (once)."""
+        if self._unauthenticated:
+            self._unauthenticated = False
+            self.ingest.unauthenticated -= 1
 
     # -- I/O helpers ------------------------------------------------------------------
     async def _receive(self) -> bytes:
@@ -317,6 +349,12 @@ class _Connection:
             log.warning("%s closed: no publish request within %g s (handshake timeout)",
                         who, s.handshake_timeout)
             return
+        if len(request.stream_key) > MAX_KEY_LENGTH:
+            self.session.reject_publish("unknown stream key", code=rtmp.STATUS_BAD_NAME)
+            await self._flush_briefly()
+            log.warning("%s: publish (app %r, key of %d characters) refused: unknown stream "
+                        "key", who, request.app, len(request.stream_key))
+            return
         try:
             info = await self.ingest.host.lookup("rtmp", request.stream_key)
             async with self.ingest.host.session("rtmp", info,
@@ -337,8 +375,12 @@ class _Connection:
 
     async def _until_publish(self) -> rtmp.PublishRequested:
         session = self.session
+        parsed = 0
         while True:
             while isinstance(event := session.next_event(), rtmp.Event):
+                parsed += 1
+                if parsed % EVENTS_PER_CHECKPOINT == 0:
+                    await trio.lowlevel.checkpoint()
                 if isinstance(event, rtmp.PublishRequested):
                     await self._flush()
                     return event
@@ -352,6 +394,7 @@ class _Connection:
         """The publish, accepted, until it ends; the outcome goes to `live`."""
         s = self.ingest.settings
         self.session.accept_publish()
+        self.authenticated()
         self.live = True
         try:
             await self._flush()
@@ -376,12 +419,16 @@ class _Connection:
         session, stats, stream = self.session, self.stats, self.stream
         idle_timeout = self.ingest.settings.idle_timeout
         media = _MEDIA_TYPES
+        parsed = 0
         with trio.CancelScope() as idle:
             while True:
                 idle.deadline = trio.current_time() + idle_timeout
                 session.receive_data(await self._receive())
                 ended = False
                 while isinstance(event := session.next_event(), rtmp.Event):
+                    parsed += 1
+                    if parsed % EVENTS_PER_CHECKPOINT == 0:
+                        await trio.lowlevel.checkpoint()
                     if isinstance(event, media):
                         stats.observe(event)
                         if sink is not None:
