@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from relay.service.http import server as http_server
-from relay.service.http.server import listener_config, serve_app
+from relay.service.http.server import HttpLimits, listener_config, serve_app
 
 FUZZ_CORPUS = Path(__file__).resolve().parent.parent / "fuzz" / "corpus" / "http"
 
@@ -38,6 +38,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 break
     if path == "/boom":
         raise RuntimeError("the app failed")
+    if path == "/think":  # an answer that takes longer than the request timeout
+        await trio.sleep(1.5)
     headers = [(b"content-type", b"text/plain")]
     if path == "/close":
         headers.append((b"connection", b"close"))
@@ -58,6 +60,16 @@ def config(**changes: Any) -> Any:
 @pytest.fixture
 async def server(nursery: trio.Nursery) -> AsyncIterator[tuple[str, int]]:
     urls = await nursery.start(partial(serve_app, app, config()))
+    host, port = urls[0].removeprefix("http://").rsplit(":", 1)
+    yield host, int(port)
+
+
+@pytest.fixture
+async def limited(nursery: trio.Nursery) -> AsyncIterator[tuple[str, int]]:
+    """Short limits of our own; hypercorn's keep-alive long enough not to be the cut."""
+    urls = await nursery.start(partial(serve_app, app, config(keep_alive=5, read=5),
+                                       limits=HttpLimits(request_timeout=1.0,
+                                                         max_connections=4)))
     host, port = urls[0].removeprefix("http://").rsplit(":", 1)
     yield host, int(port)
 
@@ -194,3 +206,70 @@ async def test_tls_when_a_certificate_is_configured(nursery: trio.Nursery,
                 while chunk := await stream.receive_some(65536):
                     raw += chunk
     assert responses(raw) == [("HTTP/1.1 200", b"GET /tls ")]
+
+
+# -- limits of our own (issue 12): hypercorn restarts its timeouts on every byte -----------
+
+
+async def dribble(address: tuple[str, int], data: bytes, every: float) -> tuple[bytes, float]:
+    """Send `data` a byte every `every` s (each well inside the read timeout); return
+    what came back and when the server closed, in seconds from the first byte."""
+    stream = await trio.open_tcp_stream(*address)
+    got = b""
+    start = trio.current_time()
+    async with stream, trio.open_nursery() as nursery:
+        async def send_slowly() -> None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                for i in range(len(data)):
+                    await stream.send_all(data[i:i + 1])
+                    await trio.sleep(every)
+
+        nursery.start_soon(send_slowly)
+        with trio.fail_after(10), contextlib.suppress(trio.BrokenResourceError):
+            while chunk := await stream.receive_some(65536):
+                got += chunk
+        nursery.cancel_scope.cancel()
+    return got, trio.current_time() - start
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100,  # a head that never ends
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"b" * 100,  # a body
+])
+async def test_a_trickling_request_is_cut_at_the_request_timeout(
+        limited: tuple[str, int], request_bytes: bytes) -> None:
+    got, after = await dribble(limited, request_bytes, every=0.1)
+    assert got.startswith(b"HTTP/1.1 408")
+    assert 0.9 < after < 3.0  # request_timeout 1 s, though bytes came every 0.1 s
+
+
+async def test_the_clock_stops_while_the_app_answers_and_restarts_per_request(
+        limited: tuple[str, int]) -> None:
+    stream = await trio.open_tcp_stream(*limited)
+    async with stream:
+        raw = b""
+        for path in (b"/think", b"/again"):  # 1.5 s to answer, then a second request
+            await stream.send_all(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                                  b"\r\nok" % path)
+            with trio.fail_after(5):
+                while not raw.endswith(path + b" ok"):
+                    raw += await stream.receive_some(65536)
+            await trio.sleep(1.2)  # idle between requests, past the request timeout
+    assert responses(raw) == [("HTTP/1.1 200", b"POST /think ok"),
+                              ("HTTP/1.1 200", b"POST /again ok")]
+
+
+async def test_connections_past_the_cap_are_closed_at_once(limited: tuple[str, int]) -> None:
+    held = [await trio.open_tcp_stream(*limited) for _ in range(4)]
+    try:
+        await trio.sleep(0.1)
+        with trio.fail_after(2):
+            assert await exchange(limited, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == b""
+        await held.pop().aclose()  # its slot is free again within EOF_GRACE (1 s)
+        await trio.sleep(1.5)
+        raw = await exchange(limited, b"GET /in HTTP/1.1\r\nHost: x\r\nConnection: close"
+                                      b"\r\n\r\n")
+        assert responses(raw) == [("HTTP/1.1 200", b"GET /in ")]
+    finally:
+        for stream in held:
+            await stream.aclose()

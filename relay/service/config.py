@@ -130,6 +130,10 @@ class Config:
     # WHIP to an https URL
     http_cert_file: str = ""
     http_key_file: str = ""
+    # a request's head and body within this many seconds of its first byte; connections
+    # per HTTP listener (relay/service/http/server.py)
+    http_request_timeout: float = 10.0
+    http_max_connections: int = 1000
     rtmp_base_url: str = ""
     whip_base_url: str = ""
     data_dir: str = "data"
@@ -273,7 +277,9 @@ def _check(config: Config) -> None:
         raise ConfigError("http_port: the HTTP listener (API, WHIP) cannot be turned off")
     if bool(config.http_cert_file) != bool(config.http_key_file):
         raise ConfigError("http_cert_file and http_key_file: give both or neither")
-    for name in ("rtmp_handshake_timeout", "rtmp_idle_timeout"):
+    if config.http_max_connections < 1:
+        raise ConfigError(f"http_max_connections: {config.http_max_connections} is below 1")
+    for name in ("rtmp_handshake_timeout", "rtmp_idle_timeout", "http_request_timeout"):
         if not 0 < getattr(config, name) < 86400:
             raise ConfigError(f"{name}: {getattr(config, name)} is not a number of seconds > 0")
     if not 4096 <= config.rtmp_max_message_size <= 0xFFFFFF:

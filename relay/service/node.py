@@ -25,7 +25,7 @@ from api.twirp import TwirpServer
 
 from .config import Config
 from .http.app import create_app, create_ops_app, record_call
-from .http.server import listener_config, serve_app
+from .http.server import HttpLimits, listener_config, serve_app
 from .ingest.admission import Admission
 from .ingest.control import LocalControlPlane
 from .ingest.lifetime import SHUTTING_DOWN, SessionHost, WorkerSettings
@@ -111,18 +111,23 @@ async def serve(config: Config, *, stop: trio.Event | None = None,
                             record=record_call)
         nursery.start_soon(status.sample_cpu)
         app = create_app(status, twirp, whip)
+        limits = HttpLimits(request_timeout=config.http_request_timeout,
+                            max_connections=config.http_max_connections)
         http = (await nursery.start(partial(
             serve_app, app, listener_config(host_name, config.http_port,
                                             cert_file=config.http_cert_file,
-                                            key_file=config.http_key_file))))[0]
+                                            key_file=config.http_key_file),
+            limits=limits)))[0]
         health = prometheus = None
         ops_app = create_ops_app(status)
         if config.health_port > 0:
             health = (await nursery.start(partial(
-                serve_app, ops_app, listener_config(host_name, config.health_port))))[0]
+                serve_app, ops_app, listener_config(host_name, config.health_port),
+                limits=limits)))[0]
         if config.prometheus_port > 0:
             prometheus = (await nursery.start(partial(
-                serve_app, ops_app, listener_config(host_name, config.prometheus_port))))[0]
+                serve_app, ops_app, listener_config(host_name, config.prometheus_port),
+                limits=limits)))[0]
         rtmp = rtmps = None
         if config.rtmp_port >= 0 or config.rtmps_port >= 0:
             ingest = RtmpFront(host, RtmpSettings(
