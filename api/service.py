@@ -27,7 +27,20 @@ log = logging.getLogger(__name__)
 
 NOT_FOUND = "ingress does not exist"
 NOT_REUSABLE = "ingress is not reusable and cannot be modified"
-ACTIVE = (pb.IngressState.ENDPOINT_BUFFERING, pb.IngressState.ENDPOINT_PUBLISHING)
+INVALID_PAGE_TOKEN = "invalid page token"
+PAGE_TOKEN_PREFIX = "c"  # + the `created` cursor of the page's last ingress
+PAGE_SIZE = 100  # ListIngress items per page for a client that sends page_token
+
+
+def _page_cursor(token: str) -> int:
+    """The cursor a ListIngress page token carries; "" is the first page."""
+    if not token:
+        return 0
+    digits = token.removeprefix(PAGE_TOKEN_PREFIX)
+    if token[:1] != PAGE_TOKEN_PREFIX or not digits.isascii() or not digits.isdigit() \
+            or len(digits) > 18:
+        raise invalid_argument(INVALID_PAGE_TOKEN)
+    return int(digits)
 
 
 @dataclass(frozen=True)
@@ -98,8 +111,10 @@ class IngressService:
         clock_ns: Callable[[], int] = time.time_ns,
         *,
         rtmp_passthrough: bool = False,
+        page_size: int = PAGE_SIZE,
     ) -> None:
         self._store = store
+        self._page_size = page_size
         self._rtmp_passthrough = rtmp_passthrough
         self._urls = urls
         # not `sessions or ...`: an empty SessionRegistry is falsy (it has __len__)
@@ -169,35 +184,35 @@ class IngressService:
         return info
 
     async def update(self, req: pb.UpdateIngressRequest) -> pb.IngressInfo:
-        info = await self._store.get(req.ingress_id)
+        def change(info: pb.IngressInfo) -> pb.IngressInfo:
+            """Runs inside the store's transaction: what it reads is what it replaces."""
+            if info.input_type == pb.IngressInput.URL_INPUT or not info.reusable:
+                raise invalid_argument(NOT_REUSABLE)
+            for name in ("name", "room_name", "participant_identity", "participant_name",
+                         "participant_metadata"):
+                value = getattr(req, name)
+                if value:
+                    setattr(info, name, value)
+            for name in ("bypass_transcoding", "enable_transcoding", "enabled"):
+                if req.HasField(name):
+                    setattr(info, name, getattr(req, name))
+            for name in ("audio", "video"):
+                if req.HasField(name):
+                    getattr(info, name).CopyFrom(getattr(req, name))
+            validate_info(info, rtmp_passthrough=self._rtmp_passthrough)
+            if info.state.status == pb.IngressState.ENDPOINT_ERROR:  # reusable again
+                info.state.status = pb.IngressState.ENDPOINT_INACTIVE
+                info.state.error = ""
+                info.state.updated_at = self._clock_ns()
+            return info
+
+        info = await self._store.update(req.ingress_id, change)
         if info is None:
             raise TwirpError("not_found", NOT_FOUND)
-        if info.input_type == pb.IngressInput.URL_INPUT or not info.reusable:
-            raise invalid_argument(NOT_REUSABLE)
-        for name in ("name", "room_name", "participant_identity", "participant_name",
-                     "participant_metadata"):
-            value = getattr(req, name)
-            if value:
-                setattr(info, name, value)
-        for name in ("bypass_transcoding", "enable_transcoding", "enabled"):
-            if req.HasField(name):
-                setattr(info, name, getattr(req, name))
-        for name in ("audio", "video"):
-            if req.HasField(name):
-                getattr(info, name).CopyFrom(getattr(req, name))
-        validate_info(info, rtmp_passthrough=self._rtmp_passthrough)
-        if not await self._store.put(info):
-            raise TwirpError("not_found", NOT_FOUND)
-        if info.state.status in ACTIVE:
-            self._sessions.stop(info.ingress_id, "ingress updated")
-        elif info.state.status == pb.IngressState.ENDPOINT_ERROR:
-            state = pb.IngressState()
-            state.CopyFrom(info.state)
-            state.status = pb.IngressState.ENDPOINT_INACTIVE
-            state.error = ""
-            state.updated_at = self._clock_ns()
-            if await self._store.update_state(info.ingress_id, state):
-                info.state.CopyFrom(state)
+        # Whatever the stored state says: a session still starting (registered, its
+        # BUFFERING not written yet) runs with the old config too. The session
+        # control knows whether one runs; asking costs nothing when none does.
+        self._sessions.stop(info.ingress_id, "ingress updated")
         log.info("updated ingress %s", info.ingress_id)
         return info
 
@@ -206,18 +221,28 @@ class IngressService:
             info = await self._store.get(req.ingress_id)
             if info is None:
                 raise TwirpError("not_found", NOT_FOUND)
-            items = [info]
-        elif req.room_name:
+            return pb.ListIngressResponse(items=[info])
+        if req.HasField("page_token"):  # a client that pages: see docs/DESIGN.md
+            return await self._list_page(req)
+        if req.room_name:
             return WireResponse(pb.ListIngressResponse,
                                 await self._store.list_room_wire(req.room_name))
-        else:
-            items = await self._store.list()
-        return pb.ListIngressResponse(items=items)
+        return pb.ListIngressResponse(items=await self._store.list())
+
+    async def _list_page(self, req: pb.ListIngressRequest) -> pb.ListIngressResponse:
+        after = _page_cursor(req.page_token.token)
+        items, last = await self._store.list_page(req.room_name or None, after,
+                                                  self._page_size)
+        response = pb.ListIngressResponse(items=items)
+        if last is not None:
+            response.next_page_token.token = f"{PAGE_TOKEN_PREFIX}{last}"
+        return response
 
     async def delete(self, req: pb.DeleteIngressRequest) -> pb.IngressInfo:
         info = await self._store.delete(req.ingress_id)
         if info is None:
             raise TwirpError("not_found", NOT_FOUND)
+        # like update: whatever the stored state, a session starting is stopped too
         self._sessions.stop(info.ingress_id, "ingress deleted")
         info.state.status = pb.IngressState.ENDPOINT_INACTIVE
         log.info("deleted ingress %s", info.ingress_id)

@@ -5,7 +5,8 @@ plane) see only `IngressStore`.
 
 Config and state are kept apart: `put()` writes what a user configured and never
 touches the state, `update_state()` writes the state and never touches the config.
-So an UpdateIngress racing a session that reports PUBLISHING cannot undo either.
+`update()` (UpdateIngress) reads and writes both in one transaction, so neither a
+concurrent UpdateIngress nor a session's state written meanwhile is lost.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,22 @@ class IngressStore(Protocol):
 
         False when the ingress no longer exists.
         """
+
+    async def update(self, ingress_id: str,
+                     change: Callable[[pb.IngressInfo], pb.IngressInfo]
+                     ) -> pb.IngressInfo | None:
+        """Read-modify-write as one transaction (UpdateIngress): `change` gets the
+        stored ingress (config and state) and returns it as it is to be stored; no
+        other write of the ingress can come between the read and the write. An
+        exception from `change` writes nothing and is raised to the caller. None
+        when the ingress does not exist.
+        """
+
+    async def list_page(self, room_name: str | None, after: int, limit: int
+                        ) -> tuple[list[pb.IngressInfo], int | None]:
+        """Up to `limit` ingresses (of one room, or all) created after the cursor
+        `after` (0: from the first), oldest first, and the cursor of the last one
+        returned if more follow, else None."""
 
     async def update_state(self, ingress_id: str, state: pb.IngressState) -> bool:
         """Replace the state unless it is older (smaller started_at) than the stored one.
@@ -121,8 +138,9 @@ def _split(info: pb.IngressInfo) -> tuple[bytes, bytes]:
 @dataclass
 class _Write:
     apply: Callable[[sqlite3.Connection], Any]
-    rooms: tuple[str, ...] = ()  # rooms and ingresses whose cached lists it invalidates
-    ingress_ids: tuple[str, ...] = ()
+    # rooms and ingresses whose cached lists it invalidates; `apply` may add to them
+    rooms: Sequence[str] = ()
+    ingress_ids: Sequence[str] = ()
     done: trio.Event = field(default_factory=trio.Event)
     value: Any = None
     error: BaseException | None = None
@@ -198,7 +216,7 @@ class SqliteIngressStore:
                 write.error = exc
 
     async def _write(self, apply: Callable[[sqlite3.Connection], Any],
-                     rooms: tuple[str, ...] = (), ingress_ids: tuple[str, ...] = ()) -> Any:
+                     rooms: Sequence[str] = (), ingress_ids: Sequence[str] = ()) -> Any:
         write = _Write(apply, rooms, ingress_ids)
         await self._send.send(write)
         await write.done.wait()
@@ -308,6 +326,46 @@ class SqliteIngressStore:
             return cur.rowcount == 1
 
         return await self._write(apply, rooms=(info.room_name,), ingress_ids=(info.ingress_id,))
+
+    async def update(self, ingress_id: str,
+                     change: Callable[[pb.IngressInfo], pb.IngressInfo]
+                     ) -> pb.IngressInfo | None:
+        # Atomic because every write runs on the one writer connection, in order, each
+        # in a transaction (BEGIN IMMEDIATE, then a savepoint of its own): nothing
+        # else writes between this SELECT and this UPDATE.
+        rooms: list[str] = []
+
+        def apply(conn: sqlite3.Connection) -> pb.IngressInfo | None:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM ingress WHERE ingress_id = ?",
+                               (ingress_id,)).fetchone()
+            if row is None:
+                return None
+            info = change(_merge(row))
+            config, state = _split(info)
+            conn.execute(
+                "UPDATE ingress SET room_name = ?, info = ?, state = ?, started_at = ?"
+                " WHERE ingress_id = ?",
+                (info.room_name, config, state, info.state.started_at, ingress_id))
+            rooms.append(info.room_name)  # the new room's cached list (the old one's
+            return info                   # goes with the ingress id)
+
+        return await self._write(apply, rooms=rooms, ingress_ids=(ingress_id,))
+
+    async def list_page(self, room_name: str | None, after: int, limit: int
+                        ) -> tuple[list[pb.IngressInfo], int | None]:
+        where, args = ("created > ?", (after,)) if room_name is None else (
+            "room_name = ? AND created > ?", (room_name, after))
+
+        def run() -> list[tuple[int, bytes, bytes]]:
+            return self._reader().execute(
+                f"SELECT created, {_COLUMNS} FROM ingress WHERE {where} ORDER BY created"
+                " LIMIT ?", (*args, limit + 1)).fetchall()
+
+        rows = await trio.to_thread.run_sync(run)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return ([_merge((config, state)) for _, config, state in rows],
+                rows[-1][0] if more else None)
 
     async def update_state(self, ingress_id: str, state: pb.IngressState) -> bool:
         blob = state.SerializeToString()

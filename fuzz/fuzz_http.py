@@ -34,6 +34,7 @@ import hashlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
@@ -131,6 +132,21 @@ class MemoryStore:
             return False
         self.items[info.ingress_id] = info
         return True
+
+    async def update(self, ingress_id: str,
+                     change: Callable[[pb.IngressInfo], pb.IngressInfo]
+                     ) -> pb.IngressInfo | None:
+        if ingress_id not in self.items:
+            return None
+        item = pb.IngressInfo()
+        item.CopyFrom(self.items[ingress_id])
+        self.items[ingress_id] = change(item)  # no await in between: atomic
+        return self.items[ingress_id]
+
+    async def list_page(self, room_name: str | None, after: int, limit: int
+                        ) -> tuple[list[pb.IngressInfo], int | None]:
+        items = (await self.list(room_name))[after:]
+        return items[:limit], after + limit if len(items) > limit else None
 
     async def update_state(self, ingress_id: str, state: pb.IngressState) -> bool:
         if ingress_id not in self.items:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import httpx
 import pytest
 from livekit.api.twirp_client import ServerError
 from livekit.protocol import ingress as pb
 from livekit.protocol import models
 
+from api.service import PAGE_SIZE
 from tests.service import ServiceProcess
 
 ALPHABET = set("23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
@@ -204,3 +207,66 @@ def test_delete_returns_inactive_info_and_removes(service: ServiceProcess) -> No
         call(service, "delete_ingress", pb.DeleteIngressRequest(ingress_id=info.ingress_id))
     assert (err.value.code, err.value.message, err.value.status) == (
         "not_found", "ingress does not exist", 404)
+
+
+def test_concurrent_updates_through_the_client_lose_nothing(service: ServiceProcess) -> None:
+    """UpdateIngress calls in flight at once, each setting one field, over HTTP: every
+    field keeps the value of the last call that set it (no read-modify-write lost)."""
+    info = create(service, pb.CreateIngressRequest(
+        input_type=pb.IngressInput.RTMP_INPUT, participant_identity="x", name="n0"))
+    fields = ("name", "participant_name", "participant_metadata", "participant_identity")
+
+    async def rounds(client: Any) -> None:
+        for round_ in range(10):
+            await asyncio.gather(*(client.update_ingress(pb.UpdateIngressRequest(
+                ingress_id=info.ingress_id, **{field: f"{field}-{round_}"}))
+                for field in fields for _ in range(3)))
+            (got,) = (await client.list_ingress(
+                pb.ListIngressRequest(ingress_id=info.ingress_id))).items
+            assert {f: getattr(got, f) for f in fields} == {
+                f: f"{f}-{round_}" for f in fields}, round_
+
+    service.api(rounds)
+
+
+def test_list_pages_with_page_token(service: ServiceProcess) -> None:
+    """livekit-protocol's pagination: a client that sends page_token gets pages and
+    next_page_token until it is empty; one that sends none gets everything."""
+    async def make(client: Any) -> list[pb.IngressInfo]:
+        return list(await asyncio.gather(*(client.create_ingress(pb.CreateIngressRequest(
+            input_type=pb.IngressInput.WHIP_INPUT, participant_identity=f"p{i}",
+            room_name="paged")) for i in range(PAGE_SIZE + 20))))
+
+    async def walk(client: Any, room: str) -> tuple[list[str], list[int]]:
+        ids: list[str] = []
+        sizes: list[int] = []
+        req = pb.ListIngressRequest(room_name=room, page_token=models.TokenPagination())
+        while True:
+            page = await client.list_ingress(req)
+            ids += [i.ingress_id for i in page.items]
+            sizes.append(len(page.items))
+            if not page.next_page_token.token:
+                return ids, sizes
+            req.page_token.CopyFrom(page.next_page_token)
+
+    made = service.api(make)
+    in_room = [i.ingress_id for i in call(service, "list_ingress",
+                                          pb.ListIngressRequest(room_name="paged")).items]
+    assert sorted(in_room) == sorted(i.ingress_id for i in made)  # no token: everything
+    paged, sizes = service.api(lambda client: walk(client, "paged"))
+    assert paged == in_room and sizes == [PAGE_SIZE, 20]
+    everything = [i.ingress_id for i in call(service, "list_ingress",
+                                             pb.ListIngressRequest()).items]
+    all_pages, sizes = service.api(lambda client: walk(client, ""))
+    assert all_pages == everything and max(sizes) == PAGE_SIZE and len(sizes) >= 2
+    with pytest.raises(ServerError) as err:
+        call(service, "list_ingress", pb.ListIngressRequest(
+            page_token=models.TokenPagination(token="not-ours")))
+    assert (err.value.code, err.value.message, err.value.status) == (
+        "invalid_argument", "invalid page token", 400)
+    # the JSON binding (livekit-server-sdk's): lowerCamel in, snake_case out
+    answer = httpx.post(f"{service.url}/twirp/livekit.Ingress/ListIngress",
+                        json={"roomName": "paged", "pageToken": {}},
+                        headers={"Authorization": f"Bearer {service.token()}"}).json()
+    assert [i["ingress_id"] for i in answer["items"]] == in_room[:PAGE_SIZE]
+    assert answer["next_page_token"]["token"]

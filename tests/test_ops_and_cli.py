@@ -13,6 +13,8 @@ import httpx
 
 from tests.service import ServiceProcess
 
+SECRET = "s3cret-" + "x" * 25  # 32 characters: the shortest secret accepted outside --dev
+
 
 def test_health_availability_metrics(service: ServiceProcess) -> None:
     r = httpx.get(service.url + "/")
@@ -56,11 +58,41 @@ def test_separate_health_and_prometheus_ports(tmp_path: Path) -> None:
 
 def test_bad_config_is_refused_with_the_key(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("api_key: k\napi_secret: s\nrtmp_prot: 1\n")
+    path.write_text(f"api_key: k\napi_secret: {SECRET}\nrtmp_prot: 1\n")
     proc = subprocess.run([sys.executable, "-m", "relay", "serve", "--config", str(path)],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "unknown config key: rtmp_prot" in proc.stderr
+
+
+def serve_refused(tmp_path: Path, *args: str, env: dict[str, str]) -> str:
+    """Run `ingress serve` expecting a refusal at start: exit status 2, nothing bound;
+    its stderr."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("INGRESS_", "LIVEKIT_"))}
+    proc = subprocess.run([sys.executable, "-m", "relay", "serve", *args], capture_output=True,
+                          text=True, timeout=30, cwd=tmp_path,
+                          env=base | {"INGRESS_HTTP_PORT": "0", "INGRESS_RTMP_PORT": "-1",
+                                      "INGRESS_DATA_DIR": str(tmp_path / "data")} | env)
+    assert proc.returncode == 2, proc.stderr
+    assert "ingress service ready" not in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "data").exists()  # refused before the store was opened
+    return proc.stderr.strip()
+
+
+def test_dev_mode_on_a_non_loopback_address_is_refused(tmp_path: Path) -> None:
+    for address in ("0.0.0.0", "::"):
+        stderr = serve_refused(tmp_path, "--dev", env={"INGRESS_BIND_ADDRESS": address})
+        assert stderr.startswith(f"ingress: configuration error: bind_address: {address} is "
+                                 "not a loopback address; `serve --dev` only listens on "), stderr
+        assert "devkey/secret is public" in stderr
+
+
+def test_a_short_api_secret_is_refused_at_start(tmp_path: Path) -> None:
+    stderr = serve_refused(tmp_path, env={"LIVEKIT_API_KEY": "k",
+                                          "LIVEKIT_API_SECRET": "x" * 31})
+    assert stderr.startswith("ingress: configuration error: api_secret (LIVEKIT_API_SECRET): "
+                             "31 characters, at least 32 are required"), stderr
+    assert "x" * 31 not in stderr
 
 
 def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
@@ -70,7 +102,8 @@ def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         path = tmp_path / "c.yaml"
-        path.write_text(f"api_key: k\napi_secret: s\nhttp_port: {taken.getsockname()[1]}\n"
+        path.write_text(f"api_key: k\napi_secret: {SECRET}\n"
+                        f"http_port: {taken.getsockname()[1]}\n"
                         f"rtmp_port: -1\ndata_dir: {tmp_path / 'data'}\n")
         proc = subprocess.run([sys.executable, "-m", "relay", "serve", "--config", str(path)],
                               capture_output=True, text=True, timeout=30)

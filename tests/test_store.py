@@ -152,6 +152,77 @@ async def test_room_wire_answers_follow_every_write(tmp_path: Path) -> None:
             await store.list_room_wire("x")).items] == [a.ingress_id, b.ingress_id]
 
 
+async def test_update_reads_and_writes_in_one_transaction(tmp_path: Path) -> None:
+    """Many read-modify-writes of one ingress at once, each changing its own field:
+    none is lost (with a read, then a separate write, the last writer wins)."""
+    fields = ("name", "participant_name", "participant_metadata", "participant_identity")
+    async with open_sqlite_store(tmp_path / "s.sqlite3") as store:
+        await store.create(info(1))
+
+        async def change(field: str, value: str) -> None:
+            def set_field(item: pb.IngressInfo) -> pb.IngressInfo:
+                setattr(item, field, value)
+                return item
+
+            assert await store.update(info(1).ingress_id, set_field) is not None
+
+        for round_ in range(20):
+            async with trio.open_nursery() as nursery:
+                for field in fields:
+                    nursery.start_soon(change, field, f"{field}-{round_}")
+            got = await store.get(info(1).ingress_id)
+            assert got is not None
+            assert {f: getattr(got, f) for f in fields} == {f: f"{f}-{round_}" for f in fields}
+
+
+async def test_update_keeps_a_state_written_meanwhile_and_follows_rooms(tmp_path: Path
+                                                                        ) -> None:
+    async with open_sqlite_store(tmp_path / "s.sqlite3") as store:
+        await store.create(info(1, "x"))
+        state = pb.IngressState(status=pb.IngressState.ENDPOINT_PUBLISHING, started_at=7)
+        assert await store.update_state(info(1).ingress_id, state)
+        await store.list_room_wire("x"), await store.list_room_wire("y")  # cache both
+
+        def move(item: pb.IngressInfo) -> pb.IngressInfo:
+            assert item.state == state  # it sees the state as stored now
+            item.room_name = "y"
+            return item
+
+        moved = await store.update(info(1).ingress_id, move)
+        assert moved is not None and moved.room_name == "y" and moved.state == state
+        assert await store.get(info(1).ingress_id) == moved
+        assert not pb.ListIngressResponse.FromString(await store.list_room_wire("x")).items
+        assert list(pb.ListIngressResponse.FromString(
+            await store.list_room_wire("y")).items) == [moved]
+        assert await store.update("IN_missing", move) is None
+
+        def refuse(item: pb.IngressInfo) -> pb.IngressInfo:
+            item.name = "half-done"
+            raise ValueError("refused")
+
+        with pytest.raises(ValueError, match="refused"):
+            await store.update(info(1).ingress_id, refuse)
+        assert await store.get(info(1).ingress_id) == moved  # nothing written
+
+
+async def test_list_page_walks_every_ingress_once(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "s.sqlite3") as store:
+        items = [info(i, "x" if i % 3 else "y") for i in range(25)]
+        for item in items:
+            await store.create(item)
+        for room, expected in ((None, items), ("x", [i for i in items if i.room_name == "x"])):
+            seen: list[pb.IngressInfo] = []
+            after: int | None = 0
+            while after is not None:
+                page, after = await store.list_page(room, after, 7)
+                assert len(page) <= 7
+                seen += page
+            assert seen == expected, room
+        assert await store.list_page("nobody", 0, 7) == ([], None)
+        page, last = await store.list_page(None, 0, 25)  # exactly full: no next page
+        assert len(page) == 25 and last is None
+
+
 async def test_the_store_is_private_to_its_owner(tmp_path: Path) -> None:
     """Stream keys and URL credentials live here: folder 0700, files 0600, also
     when an older store was created more openly."""

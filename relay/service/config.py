@@ -27,6 +27,7 @@ to both listeners):
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 from collections.abc import Mapping
@@ -39,6 +40,7 @@ import yaml
 DEV_API_KEY = "devkey"
 DEV_API_SECRET = "secret"
 DEV_WS_URL = "ws://127.0.0.1:7880"
+MIN_SECRET_LENGTH = 32  # outside --dev; LiveKit's server warns under 32 characters
 
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
 
@@ -266,6 +268,17 @@ def _check(config: Config) -> None:
             "api_key and api_secret are required (config file, or LIVEKIT_API_KEY and "
             "LIVEKIT_API_SECRET); `serve --dev` uses the development key pair"
         )
+    if config.dev and not is_loopback(config.bind_address):
+        raise ConfigError(
+            f"bind_address: {config.bind_address or '(all interfaces)'} is not a loopback "
+            "address; `serve --dev` only listens on 127.0.0.1/::1/localhost, because its "
+            "key pair devkey/secret is public. Give your own api_key and api_secret "
+            "(at least 32 characters) without --dev to listen on other addresses")
+    if not config.dev and len(config.api_secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            f"api_secret (LIVEKIT_API_SECRET): {len(config.api_secret)} characters, at least "
+            f"{MIN_SECRET_LENGTH} are required (HS256 tokens are signed with it; LiveKit "
+            "warns under 32); only `serve --dev` on a loopback address accepts a shorter one")
     if config.logging.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"logging.level: one of {', '.join(LOG_LEVELS)}, "
                           f"got {config.logging.level!r}")
@@ -300,6 +313,17 @@ def _check(config: Config) -> None:
             rtc.port_range_start > rtc.port_range_end):
         raise ConfigError("rtc_config.port_range_start and port_range_end: give both, "
                           f"start <= end (got {rtc.port_range_start}..{rtc.port_range_end})")
+
+
+def is_loopback(address: str) -> bool:
+    """Whether listening on `address` reaches this machine only (127.0.0.0/8, ::1,
+    localhost); "" and 0.0.0.0 / :: are every interface."""
+    if address.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def log_level(config: Config) -> int:

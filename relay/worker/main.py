@@ -22,6 +22,7 @@ import sys
 
 import trio
 
+from api.redaction import scrub
 from relay.wire import MessageReader, Start, StateReport, WireError
 
 from . import aio_thread
@@ -86,7 +87,8 @@ async def run(stdin: trio.abc.ReceiveStream, stdout: trio.abc.SendStream) -> int
             first: BaseException = group
             while isinstance(first, BaseExceptionGroup):
                 first = first.exceptions[0]
-            message = str(first)
+            # no key material of the ingress in the log or the state (api/redaction.py)
+            message = scrub(str(first), start.url, session.info.stream_key)
             log.error("session failed: %s", message)
             with trio.CancelScope(shield=True):
                 await session.report(StateReport("error", error=message))

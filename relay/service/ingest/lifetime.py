@@ -51,6 +51,7 @@ from api.ids import (
     WHIP_RESOURCE_PREFIX,
     new_resource_id,
 )
+from api.redaction import scrub
 from api.validation import transcoding_enabled
 from relay.wire import Start, StateReport
 
@@ -140,7 +141,9 @@ class Live:
             self.worker.drain = drain
 
     def fail(self, error: str) -> None:
-        """The session failed: the first error is the one the ingress keeps."""
+        """The session failed: the first error is the one the ingress keeps (and logs),
+        without its URL's key material or its stream key (api/redaction.py)."""
+        error = scrub(error, self.info.url, self.info.stream_key)
         if self.status != pb.IngressState.ENDPOINT_ERROR:
             self.status, self.error, self.reason = pb.IngressState.ENDPOINT_ERROR, error, error
         if self.worker is not None:
