@@ -76,7 +76,8 @@ class SessionControl(Protocol):
         """End the live session of this ingress, if any; True if one was running."""
 
     def start_pull(self, info: pb.IngressInfo) -> None:
-        """Begin pulling a URL ingress (just created, or one to resume)."""
+        """Begin pulling a URL ingress (just created, or one to resume). A TwirpError
+        (`unavailable`: no capacity) means it did not start: CreateIngress stores nothing."""
 
 
 class NoSessions:
@@ -150,7 +151,11 @@ class IngressService:
         log.info("created ingress %s (%s) room=%r", info.ingress_id,
                  pb.IngressInput.Name(info.input_type), info.room_name)
         if info.input_type == pb.IngressInput.URL_INPUT:
-            self._sessions.start_pull(info)  # URL input starts right after CreateIngress
+            try:
+                self._sessions.start_pull(info)  # URL input starts right after CreateIngress
+            except TwirpError:  # no node takes the pull (capacity): as if never created
+                await self._store.delete(info.ingress_id)
+                raise
         return info
 
     def _new_info(self, req: pb.CreateIngressRequest) -> pb.IngressInfo:

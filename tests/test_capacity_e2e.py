@@ -1,5 +1,6 @@
 """Capacity admission end to end (REFERENCE §4: no capacity -> "server capacity
-exceeded", WHIP 429), through the real service process.
+exceeded", WHIP 429; a URL ingress' CreateIngress -> unavailable), through the real
+service process.
 
 The service is configured so that every transcoding session costs 100 cores (no
 machine has them) and passthrough sessions cost nothing with no reserve (always
@@ -16,12 +17,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from livekit.api.twirp_client import ServerError
 from livekit.protocol import ingress as pb
 
 from relay.service.ingest.rtmp_front import key_fingerprint
 from tests.livekit import free_port
 from tests.service import ServiceProcess, child_processes, run_asyncio
-from tests.test_rtmp_ingest import Publisher, create, ffmpeg_cmd, state, url, wait_state
+from tests.test_rtmp_ingest import Publisher, api, create, ffmpeg_cmd, state, url, wait_state
 from tests.test_whip_e2e import offer_with
 
 pytestmark = pytest.mark.slow
@@ -50,12 +52,16 @@ def children(pid: int) -> list[str]:
     return [cmdline for _, cmdline in child_processes(pid)]
 
 
-def assert_no_worker(svc: ServiceProcess, ingress_id: str) -> None:
-    log = svc.log()
-    assert not re.search(rf"of {ingress_id}.*(publishing to room|pulling into room)", log)
-    assert NO_ROOM_SERVER not in state(svc, ingress_id).error
+def assert_no_worker_ran(svc: ServiceProcess, ingress_id: str) -> None:
+    assert not re.search(rf"of {ingress_id}.*(publishing to room|pulling into room)",
+                         svc.log())
     assert svc.proc is not None and not [c for c in children(svc.proc.pid)
                                          if "relay.worker" in c]
+
+
+def assert_no_worker(svc: ServiceProcess, ingress_id: str) -> None:
+    assert_no_worker_ran(svc, ingress_id)
+    assert NO_ROOM_SERVER not in state(svc, ingress_id).error
 
 
 def test_rtmp_publish_is_denied(svc: ServiceProcess) -> None:
@@ -93,15 +99,27 @@ def test_whip_offer_gets_429(svc: ServiceProcess) -> None:
     assert not re.search(rf"whip session \S+ of {info.ingress_id}", svc.log())
 
 
-def test_url_ingress_ends_in_error(svc: ServiceProcess) -> None:
+def test_url_ingress_create_is_unavailable_and_stores_nothing(svc: ServiceProcess) -> None:
+    """A pull the node cannot take fails CreateIngress itself, retryable (503), as the
+    reference does when no ingress node claims it; no dead ingress is left behind."""
     # nothing listens there: a pull that started would fail with another error
-    info = create(svc, input_type=pb.IngressInput.URL_INPUT, name="pull",
-                  url=f"http://127.0.0.1:{free_port()}/clip.mp4")
-    final = wait_state(svc, info.ingress_id, ERROR)
-    assert final.error == CAPACITY
-    assert final.resource_id.startswith("UR_") and final.ended_at > 0
-    assert_no_worker(svc, info.ingress_id)
-    assert re.search(rf"url session \S+ of {info.ingress_id} ended: {CAPACITY}", svc.log())
+    request = pb.CreateIngressRequest(
+        input_type=pb.IngressInput.URL_INPUT, name="pull", room_name="room",
+        participant_identity="encoder", url=f"http://127.0.0.1:{free_port()}/clip.mp4")
+    for _ in range(2):  # and again: a refusal leaves nothing that blocks a retry
+        with pytest.raises(ServerError) as refused:
+            api(svc, "create_ingress", request)
+        assert (refused.value.code, refused.value.message, refused.value.status) == (
+            "unavailable", CAPACITY, 503)
+    assert not [i for i in api(svc, "list_ingress", pb.ListIngressRequest()).items
+                if i.input_type == pb.IngressInput.URL_INPUT]
+    log = svc.log()
+    ingress_ids = re.findall(rf"URL ingress (IN_\w+) not started: {CAPACITY}", log)
+    assert len(ingress_ids) == 2
+    for ingress_id in ingress_ids:
+        assert_no_worker_ran(svc, ingress_id)
+        assert not re.search(rf"url session \S+ of {ingress_id}", log)
+    assert re.search(rf"{CAPACITY}: a session costing 100\.00 cores does not fit", log)
 
 
 def test_rtmp_passthrough_costs_the_bypass_figure(svc: ServiceProcess) -> None:

@@ -57,7 +57,7 @@ from relay.wire import Start, StateReport
 
 from .. import metrics
 from ..trio_util import unwrap_single_exception
-from .admission import CAPACITY_EXCEEDED, Admission, SessionKind
+from .admission import CAPACITY_EXCEEDED, Admission, Promise, SessionKind
 from .control import ControlPlane, StateWrite
 from .registry import LiveSession, SessionRegistry
 from .tokens import participant_token
@@ -210,17 +210,20 @@ class SessionHost:
     async def session(self, kind: SessionKind, info: pb.IngressInfo, *, offer: str = "",
                       host_addresses: tuple[str, ...] = (),
                       ice_ports: tuple[int, int] = (0, 0),
-                      labels: dict[str, str] | None = None) -> AsyncIterator[Live]:
+                      labels: dict[str, str] | None = None,
+                      promise: Promise | None = None) -> AsyncIterator[Live]:
         """Run one session around the caller's block (see the module docstring).
 
         Raises Refused instead of running the block (capacity, ingress gone, stopped
         or failed while starting). The block's own failures end the session, never
         the caller: SessionFailure's text becomes the error, any other exception is
         logged as a bug and recorded as "internal error". Cancellation (stop,
-        takeover, shutdown) ends it quietly.
+        takeover, shutdown) ends it quietly. `promise`: capacity reserved already
+        (a URL pull is admitted when CreateIngress asks for it), not decided again.
         """
         transcode = transcoding_enabled(info)
-        promise = self.admission.reserve(self.admission.cost_for(kind, transcode))
+        if promise is None:  # else admitted already (a URL pull, when it was created)
+            promise = self.admission.reserve(self.admission.cost_for(kind, transcode))
         if promise is None:
             self._refuse(kind, Refusal.CAPACITY, CAPACITY_EXCEEDED, info)
         assert promise is not None
