@@ -12,9 +12,9 @@ bytes and yields messages; it owns no pipe.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import msgpack
 
@@ -244,3 +244,32 @@ class MessageReader(FrameReader):
     def __iter__(self) -> Iterator[Message]:
         for item in self.frames():
             yield _build(item)
+
+
+# -- what the service puts in a worker's environment besides the allow-list ---------------
+
+
+@dataclass(frozen=True)
+class WorkerLimits:
+    """Resource limits a session worker sets on itself before it reads anything
+    (relay/worker/limits.py), as hard limits it cannot raise again: a decoder bug
+    exploited by a hostile stream stays inside them. 0 turns one off."""
+
+    memory_mb: int = 4096  # address space (RLIMIT_AS); a live worker maps ~1.4 GiB
+    cpu_seconds: int = 0  # CPU time (RLIMIT_CPU); off: a 24/7 stream has no end
+
+    ENV_MEMORY: ClassVar[str] = "INGRESS_WORKER_MEMORY_MB"
+    ENV_CPU: ClassVar[str] = "INGRESS_WORKER_CPU_SECONDS"
+
+    def environment(self) -> dict[str, str]:
+        return {self.ENV_MEMORY: str(self.memory_mb), self.ENV_CPU: str(self.cpu_seconds)}
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> WorkerLimits:
+        def number(name: str) -> int:
+            try:
+                return max(0, int(environ.get(name, "0")))
+            except ValueError:
+                return 0
+
+        return cls(number(cls.ENV_MEMORY), number(cls.ENV_CPU))

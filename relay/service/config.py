@@ -136,6 +136,9 @@ class Config:
     # per HTTP listener (relay/service/http/server.py)
     http_request_timeout: float = 10.0
     http_max_connections: int = 1000
+    # limits each session worker sets on itself (relay/worker/limits.py); 0: none
+    worker_memory_limit_mb: int = 4096
+    worker_cpu_time_limit: int = 0
     rtmp_base_url: str = ""
     whip_base_url: str = ""
     data_dir: str = "data"
@@ -290,6 +293,12 @@ def _check(config: Config) -> None:
         raise ConfigError("http_port: the HTTP listener (API, WHIP) cannot be turned off")
     if bool(config.http_cert_file) != bool(config.http_key_file):
         raise ConfigError("http_cert_file and http_key_file: give both or neither")
+    for name in ("worker_memory_limit_mb", "worker_cpu_time_limit"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name}: {getattr(config, name)} is below 0 (0 turns it off)")
+    if 0 < config.worker_memory_limit_mb < 512:
+        raise ConfigError(f"worker_memory_limit_mb: {config.worker_memory_limit_mb} is below "
+                          "512; a session worker maps ~1.4 GiB (0 turns the limit off)")
     if config.http_max_connections < 1:
         raise ConfigError(f"http_max_connections: {config.http_max_connections} is below 1")
     for name in ("rtmp_handshake_timeout", "rtmp_idle_timeout", "http_request_timeout"):

@@ -22,6 +22,7 @@ from api.auth import Authenticator
 from api.service import EndpointUrls, IngressService
 from api.store import open_sqlite_store
 from api.twirp import TwirpServer
+from relay.wire import WorkerLimits
 
 from .config import Config
 from .http.app import create_app, create_ops_app, record_call
@@ -33,6 +34,7 @@ from .ingest.registry import SessionRegistry
 from .ingest.rtmp_front import RtmpFront, RtmpSettings, load_ssl_context
 from .ingest.url_front import UrlFront
 from .ingest.whip_front import WhipFront
+from .ingest.worker_client import open_session_worker
 from .status import NodeStatus
 
 log = logging.getLogger(__name__)
@@ -93,8 +95,10 @@ async def serve(config: Config, *, stop: trio.Event | None = None,
         # without ws_url no worker runs: a session is the RTMP front alone (0.4% of a
         # core, docs/PERFORMANCE.md), which cpu_cost does not describe
         admission = Admission(status, config.cpu_cost) if workers else Admission.unlimited()
+        launch = partial(open_session_worker, limits=WorkerLimits(
+            config.worker_memory_limit_mb, config.worker_cpu_time_limit))
         host = SessionHost(control, registry, workers=workers, admission=admission,
-                           draining=lambda: status.draining)
+                           draining=lambda: status.draining, launch=launch)
         pulls = whip = None
         if workers is not None:
             pulls = UrlFront(host)

@@ -27,6 +27,7 @@ from relay.wire import MessageReader, Start, StateReport, WireError
 
 from . import aio_thread
 from .decode import DecodeError
+from .limits import apply_limits
 from .publisher import PublishError
 from .rtmp_input import run_rtmp
 from .session import DRAIN_SECONDS, Session, SessionFailed
@@ -99,6 +100,7 @@ async def run(stdin: trio.abc.ReceiveStream, stdout: trio.abc.SendStream) -> int
 
 
 def main() -> int:
+    apply_limits(os.environ)  # before any input is read
     logging.basicConfig(level=os.environ.get("INGRESS_WORKER_LOG", "INFO"),
                         format="%(asctime)s %(levelname)s worker[%(process)d] %(name)s: "
                                "%(message)s", stream=sys.stderr)

@@ -31,6 +31,7 @@ from relay.wire import (
     StateReport,
     WhipAnswer,
     WireError,
+    WorkerLimits,
     encode,
 )
 
@@ -132,19 +133,23 @@ WORKER_ENVIRONMENT = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LI
                       "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
 
-def worker_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment a session worker starts with (see WORKER_ENVIRONMENT)."""
+def worker_environment(environ: Mapping[str, str] | None = None,
+                       limits: WorkerLimits | None = None) -> dict[str, str]:
+    """The environment a session worker starts with (see WORKER_ENVIRONMENT), with
+    the resource limits it sets on itself (relay/worker/limits.py)."""
     environ = os.environ if environ is None else environ
     kept = {k: v for k, v in environ.items() if k in WORKER_ENVIRONMENT or k.startswith("LC_")}
     # the worker leaves when this process is gone (relay/worker/main.py)
-    return kept | {"INGRESS_SERVICE_PID": str(os.getpid())}
+    return kept | (limits or WorkerLimits()).environment() | {
+        "INGRESS_SERVICE_PID": str(os.getpid())}
 
 
 @asynccontextmanager
-async def open_session_worker(start: Start) -> AsyncIterator[SessionWorker]:
+async def open_session_worker(start: Start, *, limits: WorkerLimits | None = None
+                              ) -> AsyncIterator[SessionWorker]:
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "relay.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        env=worker_environment())
+        env=worker_environment(limits=limits))
     worker = SessionWorker(process)
     try:
         with unwrap_single_exception():
