@@ -412,3 +412,23 @@ def test_custom_vp8_options(media_service: ServiceProcess, livekit: LiveKitServe
     sizes = got.video_sizes
     assert max(sizes, key=sizes.get) == (640, 360), sizes
     assert 7.5 <= got.fps() <= 16.5, got.fps()  # the 15 fps limit holds (not 30)
+
+
+def test_publisher_dropping_its_connection_is_a_clean_end(media_service: ServiceProcess
+                                                          ) -> None:
+    """An encoder killed mid-stream (its TCP connection just goes) ends the session as
+    a normal end: INACTIVE, one INFO line, nothing at ERROR, no traceback (issue 12:
+    it was "unexpected error" with an exception-group traceback)."""
+    info = create(media_service, "e2e-dropped", "dropped")
+    ffmpeg = publisher(media_service.rtmp_addr, info.stream_key, seconds=60)
+    live = wait_for(media_service, info.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING)
+    time.sleep(1)
+    ffmpeg.kill()
+    ffmpeg.wait(10)
+    ended = wait_for(media_service, info.ingress_id, pb.IngressState.ENDPOINT_INACTIVE)
+    assert ended.error == "" and ended.resource_id == live.resource_id
+    time.sleep(1)  # the worker's last words reach the log
+    lines = [line for line in media_service.log().splitlines() if live.resource_id in line]
+    assert [line for line in lines if " ended after " in line], lines
+    assert not [line for line in lines if " ERROR " in line or " WARNING " in line], lines
+    assert "Traceback" not in media_service.log()

@@ -155,3 +155,29 @@ def test_cli_reads_lk_style_json_files(service: ServiceProcess, tmp_path: Path) 
         "ingress_id"]
     gone = cli(service, "delete", info["ingress_id"])
     assert gone.returncode == 1 and "not_found: ingress does not exist" in gone.stderr
+
+
+def test_lag_window_keeps_the_worst_of_the_last_seconds() -> None:
+    from relay.service.loop_lag import LagWindow
+
+    window = LagWindow(10.0)
+    assert window.add(0.0, 0.001) == 0.001
+    assert window.add(1.0, 0.5) == 0.5  # a stall
+    assert window.add(2.0, 0.002) == 0.5
+    assert window.add(10.9, 0.001) == 0.5  # still inside the 10 s
+    assert window.add(11.1, 0.003) == 0.003  # the stall has left the window
+
+
+def test_the_service_lifts_its_open_files_limit() -> None:
+    """A service started with 1,024 open files (a common default) lifts it to the hard
+    limit: the connection caps need more."""
+    import subprocess
+    import sys
+
+    probe = ("import resource\n"
+             "resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 4096))\n"
+             "from relay.service.cli import raise_open_files_limit\n"
+             "print(raise_open_files_limit(), resource.getrlimit(resource.RLIMIT_NOFILE))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.split() == ["4096", "(4096,", "4096)"]

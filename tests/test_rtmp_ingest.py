@@ -81,6 +81,9 @@ def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     assert proc.rtmp_addr and proc.rtmps_addr
     yield proc
     proc.stop()
+    # every hostile peer of this module ended its connection only, as a logged
+    # refusal or protocol error: nothing at ERROR, no traceback (issue 12)
+    assert not re.findall(r".* ERROR .*|Traceback", proc.log())
 
 
 def api(svc: ServiceProcess, method: str, req: Any) -> Any:

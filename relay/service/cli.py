@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
+import resource
 import signal
 import sys
 import warnings
@@ -48,6 +50,19 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 50, 1_000)
 
 
+def raise_open_files_limit() -> int:
+    """Lift the soft limit on open files to the hard one (as Go's runtime does): the
+    defaults (1,000 HTTP + 500 RTMP connections, two pipes per worker) need more than
+    the 1,024 many systems start a service with. Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    return soft
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, dev=args.dev)
@@ -58,6 +73,13 @@ def _serve(args: argparse.Namespace) -> int:
         _quiet_dev_key_warning()
     logging.basicConfig(level=log_level(config),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    open_files = raise_open_files_limit()
+    needed = config.http_max_connections + config.rtmp_max_connections + 64
+    if open_files < needed:
+        logging.getLogger("relay.service").warning(
+            "the open files limit is %d, below the %d the connection caps may need "
+            "(http_max_connections + rtmp_max_connections): raise it (ulimit -n)",
+            open_files, needed)
 
     async def main() -> None:
         log = logging.getLogger("relay.service")

@@ -24,3 +24,12 @@ API_LATENCY = Histogram(
     "ingress_relay_api_latency_seconds", "Twirp API call latency", ["method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+LOOP_LAG = Histogram(
+    "ingress_relay_event_loop_lag_seconds",
+    "How late the service's event loop ran a 20 ms timer (a stall holds every connection)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+LOOP_LAG_WORST = Gauge(
+    "ingress_relay_event_loop_lag_worst_seconds",
+    "The worst event-loop lag of the last 10 s",
+)

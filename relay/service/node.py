@@ -35,6 +35,7 @@ from .ingest.rtmp_front import RtmpFront, RtmpSettings, load_ssl_context
 from .ingest.url_front import UrlFront
 from .ingest.whip_front import WhipFront
 from .ingest.worker_client import open_session_worker
+from .loop_lag import watch_loop_lag
 from .status import NodeStatus
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ async def serve(config: Config, *, stop: trio.Event | None = None,
         twirp = TwirpServer(service, Authenticator({config.api_key: config.api_secret}),
                             record=record_call)
         nursery.start_soon(status.sample_cpu)
+        nursery.start_soon(watch_loop_lag)
         app = create_app(status, twirp, whip)
         limits = HttpLimits(request_timeout=config.http_request_timeout,
                             max_connections=config.http_max_connections)
