@@ -44,6 +44,9 @@ class Start:
     url: str = ""
     # WHIP: the UDP ports ICE host candidates are bound in, first..last; (0, 0): any
     ice_ports: tuple[int, int] = (0, 0)
+    # URL input: url_allow_private_addresses; False: the egress policy applies
+    # (relay/worker/egress.py: only public addresses)
+    allow_private_addresses: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ def _fields(message: Any) -> list[Any]:
     if isinstance(message, Start):
         return [message.ws_url, message.token, message.ingress, message.transcode,
                 message.offer, list(message.host_addresses), message.url,
-                list(message.ice_ports)]
+                list(message.ice_ports), message.allow_private_addresses]
     if isinstance(message, WhipAnswer):
         return [message.sdp]
     if isinstance(message, RemoteCandidates):
@@ -188,9 +191,9 @@ def _build(item: Any) -> Message:
             return StateReport(status, error, room_id, tuple(tracks), dict(video), dict(audio),
                                dict(drops))
         if tag == "start":
-            ws_url, token, ingress, transcode, offer, hosts, url, (first, last) = args
+            ws_url, token, ingress, transcode, offer, hosts, url, (first, last), private = args
             return Start(ws_url, token, ingress, transcode, offer, tuple(hosts), url,
-                         (int(first), int(last)))
+                         (int(first), int(last)), private is True)
         if tag == "answer":
             (sdp,) = args
             return WhipAnswer(sdp)

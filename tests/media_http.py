@@ -7,6 +7,10 @@ Routes:
   /stall/<name>      the headers and the first 64 KiB of the file, then nothing (the
                      connection is held open until the server stops)
   /page.html         an HTML page (not media)
+  any key of `redirects`   302 to its value
+
+`requests` records what reached the server (the egress tests check that a refused
+target saw nothing).
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
+
+from relay.worker.egress import refusal
 
 TYPES = {".mp4": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
          ".webm": "video/webm", ".ogg": "audio/ogg", ".mp3": "audio/mpeg", ".m4a": "audio/mp4",
@@ -27,15 +34,25 @@ TYPES = {".mp4": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matros
 STALL_PREFIX = 64 * 1024
 
 
+def public_here(address: IPv4Address | IPv6Address) -> str | None:
+    """The egress policy of in-process pull tests: 127.0.0.1, where their servers
+    listen, stands for a public address; every other address is judged as in
+    production (127.0.0.2, a second loopback address to listen on, is refused)."""
+    if address == IPv4Address("127.0.0.1"):
+        return None
+    return refusal(address)
+
+
 class MediaServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__((host, port), _Handler)
         self.root = root
         self.stop = threading.Event()
         self.requests: list[str] = []
+        self.redirects: dict[str, str] = {}  # path -> Location of a 302
         self.hold_segments_until = 0.0  # time.monotonic(): .ts requests wait until then
 
     def handle_error(self, request: object, client_address: object) -> None:
@@ -46,7 +63,7 @@ class MediaServer(ThreadingHTTPServer):
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        return f"http://{self.server_address[0]}:{self.server_address[1]}"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -69,6 +86,12 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/status/"):
             code = int(path.rsplit("/", 1)[1])
             self._reply(code, b"no media here\n", "text/plain", body)
+            return
+        if path in self.server.redirects:
+            self.send_response(302)
+            self.send_header("Location", self.server.redirects[path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         if path == "/page.html":
             self._reply(200, b"<html><body>not media</body></html>\n", "text/html", body)
@@ -130,11 +153,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serve_media(root: Path, certificate: tuple[str, str] | None = None
-                ) -> Iterator[MediaServer]:
-    """Serve `root` on a free port of 127.0.0.1; with `certificate` (PEM cert and key
-    files) over TLS."""
-    server = MediaServer(root)
+def serve_media(root: Path, certificate: tuple[str, str] | None = None, *,
+                host: str = "127.0.0.1", port: int = 0) -> Iterator[MediaServer]:
+    """Serve `root` on a free port of 127.0.0.1 (or `host`, `port`); with `certificate`
+    (PEM cert and key files) over TLS."""
+    server = MediaServer(root, host, port)
     if certificate is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(*certificate)

@@ -80,6 +80,7 @@ def url_service(livekit: LiveKitServer, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[ServiceProcess]:
     proc = ServiceProcess(tmp_path_factory.mktemp("url"), api_key=API_KEY,
                           api_secret=API_SECRET, ws_url=livekit.url,
+                          url_allow_private_addresses=True,  # the media is on 127.0.0.1
                           env={"INGRESS_URL_STALL_TIMEOUT": str(STALL_SECONDS)})
     proc.start()
     yield proc
@@ -201,7 +202,8 @@ def test_https_with_a_trusted_certificate(livekit: LiveKitServer, media: MediaSe
     system's CAs in test_failures_end_in_error_while_another_pull_goes_on)."""
     cert, key = make_cert(tmp_path)
     service = ServiceProcess(tmp_path / "svc", api_key=API_KEY, api_secret=API_SECRET,
-                             ws_url=livekit.url, env={"SSL_CERT_FILE": cert})
+                             ws_url=livekit.url, url_allow_private_addresses=True,
+                             env={"SSL_CERT_FILE": cert})
     (tmp_path / "svc").mkdir()
     with serve_media(media.root, certificate=(cert, key)) as tls:
         service.start()
@@ -303,7 +305,7 @@ def test_update_is_refused(url_service: ServiceProcess, media: MediaServer) -> N
 def test_a_restart_resumes_an_interrupted_pull(livekit: LiveKitServer, media: MediaServer,
                                                tmp_path: Path) -> None:
     service = ServiceProcess(tmp_path, api_key=API_KEY, api_secret=API_SECRET,
-                             ws_url=livekit.url)
+                             ws_url=livekit.url, url_allow_private_addresses=True)
     service.start()
     try:
         info = create_url(service, f"{media.base}/long.mp4", "url-restart")
@@ -323,3 +325,35 @@ def test_a_restart_resumes_an_interrupted_pull(livekit: LiveKitServer, media: Me
         assert state(service, done.ingress_id).status == pb.IngressState.ENDPOINT_COMPLETE
     finally:
         service.stop()
+
+
+def test_a_node_refuses_private_targets_by_default(livekit: LiveKitServer, media: MediaServer,
+                                                  tmp_path: Path) -> None:
+    """Without url_allow_private_addresses (and without --dev), URL ingresses to this
+    machine, the cloud metadata address or the private network end in ERROR with a
+    text that tells nothing of the target: an open port and a closed one read alike,
+    and the server on 127.0.0.1 is never asked."""
+    service = ServiceProcess(tmp_path, api_key=API_KEY, api_secret=API_SECRET,
+                             ws_url=livekit.url)
+    port, closed = media.server_address[1], free_port()
+    allow = "a private or local address (set url_allow_private_addresses to allow)"
+    cases = {
+        f"http://127.0.0.1:{port}/refused.mp4": f"URL refused: 127.0.0.1 is {allow}",
+        f"http://127.0.0.1:{closed}/refused.mp4": f"URL refused: 127.0.0.1 is {allow}",
+        f"http://localhost:{port}/refused.mp4": f"URL refused: localhost resolves to {allow}",
+        "http://169.254.169.254/latest/meta-data/":
+            f"URL refused: 169.254.169.254 is {allow}",
+        f"https://[::ffff:10.0.0.1]:{port}/refused.mp4": f"URL refused: ::ffff:10.0.0.1 is {allow}",
+        f"srt://127.0.0.1:{port}": f"URL refused: 127.0.0.1 is {allow}",
+    }
+    service.start()
+    try:
+        created = {url: create_url(service, url, f"url-refused-{i}", identity=f"r{i}")
+                   for i, url in enumerate(cases)}
+        for url, expected in cases.items():
+            final = wait_for(service, created[url].ingress_id, pb.IngressState.ENDPOINT_ERROR,
+                             timeout=30)
+            assert final.error == expected, (url, final.error)
+    finally:
+        service.stop()
+    assert not [r for r in media.requests if "refused" in r]

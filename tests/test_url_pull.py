@@ -4,15 +4,17 @@ sources."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from relay.worker.egress_gate import EgressGate, open_egress_gate
 from relay.worker.url_input import MediaClock, SourceError, open_source, probe_http, redact
 from tests.livekit import free_port
-from tests.media_http import MediaServer, serve_media
+from tests.media_http import MediaServer, public_here, serve_media
+from tests.test_egress import in_thread, pull
 
 
 def fails_with(text: str, *, whole: bool = False) -> Any:
@@ -101,36 +103,54 @@ def media(tmp_path: Path) -> Iterator[MediaServer]:
         yield server
 
 
-def test_probe_reports_http_errors_and_types(media: MediaServer) -> None:
-    assert probe_http(f"{media.base}/page.html") == "text/html"
-    assert probe_http(f"{media.base}/notes.bin") == "application/octet-stream"
+@pytest.fixture(params=["direct", "through the egress gate"])
+async def gate(request: pytest.FixtureRequest) -> AsyncIterator[EgressGate | None]:
+    """The probe as url_allow_private_addresses runs it, and through the gate (served by
+    the test's event loop, the probe in a thread): the gate's 502 or 504 must not
+    replace the messages the user gets."""
+    if request.param == "direct":
+        yield None
+    else:
+        async with open_egress_gate(public_here) as gate:
+            yield gate
+
+
+async def test_probe_reports_http_errors_and_types(media: MediaServer, gate: EgressGate | None
+                                                   ) -> None:
+    assert await in_thread(probe_http, f"{media.base}/page.html", gate=gate) == "text/html"
+    assert await in_thread(probe_http, f"{media.base}/notes.bin", gate=gate) == \
+        "application/octet-stream"
     with fails_with(f"HTTP 404 Not Found from {media.base}/nope.mp4", whole=True):
-        probe_http(f"{media.base}/nope.mp4?sig=abc")
+        await in_thread(probe_http, f"{media.base}/nope.mp4?sig=abc", gate=gate)
     with fails_with("HTTP 500 Internal Server Error from "):
-        probe_http(f"{media.base}/status/500")
+        await in_thread(probe_http, f"{media.base}/status/500", gate=gate)
     port = free_port()
     with fails_with(f"cannot reach 127.0.0.1:{port}: connection refused", whole=True):
-        probe_http(f"http://127.0.0.1:{port}/x.mp4")
+        await in_thread(probe_http, f"http://127.0.0.1:{port}/x.mp4", gate=gate)
+    with fails_with("cannot resolve host nowhere.invalid", whole=True):
+        await in_thread(probe_http, "http://nowhere.invalid/x.mp4", gate=gate)
 
 
-def test_probe_refuses_an_untrusted_certificate(media: MediaServer, tmp_path: Path) -> None:
+async def test_probe_refuses_an_untrusted_certificate(media: MediaServer, tmp_path: Path,
+                                                      gate: EgressGate | None) -> None:
     from tests.test_rtmp_ingest import make_cert
 
     with (serve_media(tmp_path, certificate=make_cert(tmp_path)) as server,
           fails_with("TLS failure with 127.0.0.1: self-signed")):
-        probe_http(f"https://127.0.0.1:{server.server_address[1]}/x.mp4")
+        await in_thread(probe_http, f"https://127.0.0.1:{server.server_address[1]}/x.mp4",
+                        gate=gate)
 
 
-def test_content_that_is_not_media_is_refused(media: MediaServer) -> None:
+async def test_content_that_is_not_media_is_refused(media: MediaServer) -> None:
     with fails_with("unsupported mime type (text/html) for the source media"):
-        open_source(f"{media.base}/page.html")
+        await pull(f"{media.base}/page.html", refuse=public_here)
     # a type that might be media: FFmpeg probes it, finds nothing, same message
     with fails_with("unsupported mime type (application/octet-stream) for the source media"):
-        open_source(f"{media.base}/notes.bin")
+        await pull(f"{media.base}/notes.bin", refuse=public_here)
 
 
 def test_srt_url_errors_are_source_errors() -> None:
     with fails_with("only caller mode is supported"):
-        open_source("srt://127.0.0.1:9000?mode=listener")
+        open_source("srt://127.0.0.1:9000?mode=listener", refuse=public_here)
     with fails_with("SRT connection to 127.0.0.1:"):
-        open_source(f"srt://127.0.0.1:{free_port()}?connect_timeout=300")
+        open_source(f"srt://127.0.0.1:{free_port()}?connect_timeout=300", refuse=public_here)

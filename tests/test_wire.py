@@ -15,6 +15,8 @@ MESSAGES = [
     Start("ws://127.0.0.1:7880", "jwt", b"", offer="v=0\r\n", host_addresses=("127.0.0.1",),
           ice_ports=(50000, 50099)),
     Start("ws://127.0.0.1:7880", "jwt", b"", url="https://media.example/show.m3u8"),
+    Start("ws://127.0.0.1:7880", "jwt", b"", url="http://127.0.0.1/a.mp4",
+          allow_private_addresses=True),
     wire.WhipAnswer("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"),
     wire.RemoteCandidates((("0", "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host"),),
                           end=True),

@@ -22,6 +22,16 @@ to both listeners):
   before an accepted publish (handshake, connect, a publish being looked up). Peers
   that never publish cannot take the publishers' slots; past it a new connection is
   closed at once with a log line.
+
+URL pulls (our own key):
+
+* ``url_allow_private_addresses`` (default false; true under ``serve --dev`` unless
+  set): let URL ingresses reach loopback, private, link-local (169.254.169.254, the
+  cloud metadata service), CGNAT, unique-local and other non-public addresses. Off,
+  a pull connects only to public addresses, checked at connect time for every
+  connection (relay/worker/egress.py); a refused URL ends in ERROR without a word of
+  what the target would have answered, so the API is no port scanner of the node's
+  network.
 """
 
 from __future__ import annotations
@@ -126,6 +136,8 @@ class Config:
     # beyond the reference: RTMP ingresses may set enable_transcoding=false (H.264
     # without B-frames goes to the room as sent); off keeps LiveKit's validation
     rtmp_passthrough: bool = False
+    # beyond the reference: URL pulls may reach private and local addresses
+    url_allow_private_addresses: bool = False
     health_port: int = 0
     prometheus_port: int = 0
     # TLS on the HTTP listener (API, WHIP): a page served over https can only POST
@@ -248,6 +260,9 @@ def load_config(path: str | os.PathLike[str] | None = None, *, dev: bool = False
             api_key=config.api_key or DEV_API_KEY,
             api_secret=config.api_secret or DEV_API_SECRET,
             ws_url=config.ws_url or DEV_WS_URL,
+            # a local test source (a file server on 127.0.0.1) is the usual dev pull
+            url_allow_private_addresses=(config.url_allow_private_addresses
+                                         or "url_allow_private_addresses" not in data),
         )
     _check(config)
     return config

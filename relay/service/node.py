@@ -88,7 +88,8 @@ async def serve(config: Config, *, stop: trio.Event | None = None,
     host_name = config.bind_address
     workers = None
     if config.ws_url:
-        workers = WorkerSettings(config.ws_url, config.api_key, config.api_secret)
+        workers = WorkerSettings(config.ws_url, config.api_key, config.api_secret,
+                                 config.url_allow_private_addresses)
     else:
         log.warning("no ws_url configured: RTMP sessions are accepted but publish nowhere")
     async with open_sqlite_store(config.store_path) as store, trio.open_nursery() as nursery:

@@ -16,6 +16,7 @@ report.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -58,9 +59,12 @@ async def run(stdin: trio.abc.ReceiveStream, stdout: trio.abc.SendStream) -> int
 
         return await run_whip(start, reader, stdin, stdout)
     session = Session(start, stdout)
-    pull = UrlPull(session, start.url) if start.url else None  # the worker pulls the URL
+    # the worker pulls the URL itself
+    pull = (UrlPull(session, start.url, allow_private=start.allow_private_addresses)
+            if start.url else None)
     failed = False
-    async with aio_thread.open_asyncio_thread():
+    # a pull serves its egress gate for the whole session (relay/worker/egress_gate.py)
+    async with aio_thread.open_asyncio_thread(), pull or contextlib.nullcontext():
         try:
             async with trio.open_nursery() as joining:  # open a URL while joining the room
                 if pull is not None:

@@ -51,6 +51,7 @@ import io
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
@@ -436,13 +437,14 @@ class SrtCaller:
     def closed(self) -> bool:
         return self._closed
 
-    def connect(self, url: SrtUrl, timeout: float = 3.0) -> None:
+    def connect(self, url: SrtUrl, timeout: float = 3.0,
+                getaddrinfo: Callable[..., list] = socket.getaddrinfo) -> None:
         """Connect to the listener at `url` (blocking; run it in a thread).
 
         The connect timeout is the URL's `connect_timeout` (ms) if it has one,
-        else `timeout` seconds, per resolved address (like FFmpeg, every
-        address getaddrinfo gives is tried in turn). Raises SrtError with
-        libsrt's reason: timed out, rejected (wrong passphrase...), cancelled.
+        else `timeout` seconds, per address `getaddrinfo` gives (tried in turn like
+        FFmpeg; the worker passes egress.resolve: checked addresses only). Raises
+        SrtError with libsrt's reason: timed out, rejected (wrong passphrase...), cancelled.
 
         srt_connect runs non-blocking and the wait is an epoll loop that looks
         at the cancel flag every POLL_INTERVAL (see the module docstring).
@@ -455,7 +457,7 @@ class SrtCaller:
                 raise SrtError("SRT caller is already connected")
         conn_ms = url.connect_timeout_ms or max(1, round(timeout * 1000))
         try:
-            infos = socket.getaddrinfo(url.host, url.port, type=socket.SOCK_DGRAM)
+            infos = getaddrinfo(url.host, url.port, type=socket.SOCK_DGRAM)
         except (socket.gaierror, UnicodeError) as exc:
             raise SrtError(f"SRT connection to {url.address} failed: cannot resolve "
                            f"{url.host}: {exc}") from None

@@ -11,13 +11,22 @@ faster.
 
 Before FFmpeg opens an http(s) URL, one plain GET (Python's urllib) reads the
 status and Content-Type: it turns unreachable hosts, HTTP errors and TLS failures
-(urllib verifies certificates; FFmpeg's TLS does not by default) into clear
-messages, and refuses content that is not media ("unsupported mime type (<type>)
-for the source media", LiveKit's text) before FFmpeg guesses at it.
+into clear messages, and refuses content that is not media ("unsupported mime type
+(<type>) for the source media", LiveKit's text) before FFmpeg guesses at it.
+
+Egress: unless the service allows private addresses, the probe and every connection
+FFmpeg makes go through the pull's egress gate (relay/worker/egress_gate.py), which
+connects only to checked public addresses; an SRT caller connects only to checked
+addresses (relay/worker/egress.py). FFmpeg itself runs with a protocol whitelist,
+a demuxer whitelist and certificate verification. The gate is served on the event
+loop, in a nursery the pull owns (`async with UrlPull(...)`); the probe and FFmpeg,
+its clients, block in threads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import http.client
 import logging
 import os
@@ -26,7 +35,7 @@ import ssl
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -38,7 +47,8 @@ import trio
 
 from relay.wire import EndOfStream, MessageReader
 
-from . import srt
+from . import egress, srt
+from .egress_gate import EgressGate, failure_text, open_egress_gate
 from .session import MIME as CODEC_MIME
 from .session import AudioOutput, PictureOutput, Session, SessionFailed
 
@@ -56,6 +66,14 @@ LIVE_CATCH_UP = 3.0
 VIDEO_PACKETS = 240  # coded packets queued ahead of the clock (~8 s at 30 fps)
 AUDIO_PACKETS = 400  # ~8 s of AAC
 USER_AGENT = "ingress-relay (LiveKit ingress compatible)"
+# What FFmpeg may open: the network protocols a pull uses (httpproxy: https through the
+# egress gate; crypto: AES-128 HLS), never file, pipe, tcp URLs of the source's
+# choosing (HLS refuses tcp: segments itself) ...
+PROTOCOLS = "http,https,tls,tcp,httpproxy,crypto"
+# ... and the demuxers of the media a pull takes (FFmpeg probes all, opens these only)
+DEMUXERS = "hls,mpegts,mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,ogg,mp3,aac,flac,wav,flv"
+MAX_REDIRECTS = 5
+SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's, if OpenSSL names none
 # Content types that are certainly not media: refused before FFmpeg probes them.
 NOT_MEDIA = ("text/html", "text/css", "text/javascript", "text/xml", "application/json",
              "application/xml", "application/xhtml+xml", "application/javascript",
@@ -102,42 +120,79 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{host}{parts.path}"
 
 
-def probe_http(url: str, timeout: float = OPEN_TIMEOUT) -> str:
-    """GET the URL's head: its media type, or SourceError saying why it cannot be pulled."""
-    host, port = _host_port(url)
-    where = host or redact(url)
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    max_redirections = MAX_REDIRECTS  # urllib's 10 is more than a media URL needs
+
+
+def probe_http(url: str, timeout: float = OPEN_TIMEOUT, gate: EgressGate | None = None
+               ) -> str:
+    """GET the URL's head: its media type, or SourceError saying why it cannot be pulled.
+    Through `gate` when there is one: every hop, redirects included, is checked there.
+    Blocking: run it in a thread (the gate is served on the event loop)."""
+    handlers: list[urllib.request.BaseHandler] = [_Redirects()]
+    wait = timeout
+    if gate is not None:
+        handlers.append(urllib.request.ProxyHandler({"http": gate.url, "https": gate.url}))
+        wait += 2  # the gate's own connect timeout answers first
     try:
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.build_opener(*handlers).open(request, timeout=wait) as response:
             mime = response.headers.get("Content-Type", "")
-    except urllib.error.HTTPError as exc:
-        raise SourceError(f"HTTP {exc.code} {exc.reason} from {redact(url)}") from None
-    except urllib.error.URLError as exc:
-        raise _network_error(exc.reason, where, port, timeout) from None
-    except OSError as exc:
-        raise _network_error(exc, where, port, timeout) from None
-    except (ValueError, http.client.InvalidURL) as exc:  # what urllib cannot parse
-        raise SourceError(f"invalid URL {redact(url)}: {exc}") from None
-    except http.client.HTTPException as exc:  # a reply that is not HTTP
-        raise SourceError(f"no valid HTTP answer from {where}: "
-                          f"{type(exc).__name__} {exc}".rstrip()) from None
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        if isinstance(exc, urllib.error.HTTPError):
+            exc.close()  # its connection, else left to the garbage collector
+        raise _probe_error(exc, url, timeout, gate) from None
     return mime.split(";", 1)[0].strip().lower()
 
 
-def _network_error(reason: object, host: str, port: int | None, timeout: float
-                   ) -> SourceError:
-    if isinstance(reason, ssl.SSLCertVerificationError):
-        return SourceError(f"TLS failure with {host}: {reason.verify_message or reason}")
-    if isinstance(reason, ssl.SSLError):
-        return SourceError(f"TLS failure with {host}: {reason.reason or reason}")
-    if isinstance(reason, socket.gaierror):
-        return SourceError(f"cannot resolve host {host}")
-    if isinstance(reason, ConnectionRefusedError):
-        return SourceError(f"cannot reach {host}{f':{port}' if port else ''}: "
-                           "connection refused")
-    if isinstance(reason, TimeoutError | socket.timeout):
-        return SourceError(f"no answer from {host} in {timeout:.0f} s")
-    return SourceError(f"cannot reach {host}: {reason}")
+def _probe_error(exc: Exception, url: str, timeout: float, gate: EgressGate | None
+                 ) -> SourceError:
+    """What a failed probe tells the user. The gate's reason comes first: its 403 or 502
+    is not the origin's answer, and a refused target's is never asked for."""
+    gate_error = gate.take_error() if gate is not None else None
+    if gate_error:
+        return SourceError(gate_error)
+    host, port = _host_port(url)
+    where = host or redact(url)
+    if isinstance(exc, urllib.error.HTTPError) and str(exc.reason).startswith(
+            urllib.request.HTTPRedirectHandler.inf_msg):  # over the cap, or a loop
+        return SourceError(f"too many redirects from {redact(url)}")
+    if isinstance(exc, urllib.error.HTTPError):
+        return SourceError(f"HTTP {exc.code} {exc.reason} from {redact(url)}")
+    if isinstance(exc, urllib.error.URLError):
+        return SourceError(failure_text(exc.reason, where, port, timeout))
+    if isinstance(exc, OSError):
+        return SourceError(failure_text(exc, where, port, timeout))
+    if isinstance(exc, ValueError | http.client.InvalidURL):  # what urllib cannot parse
+        return SourceError(f"invalid URL {redact(url)}: {exc}")
+    return SourceError(f"no valid HTTP answer from {where}: "  # a reply that is not HTTP
+                       f"{type(exc).__name__} {exc}".rstrip())
+
+
+def _ffmpeg_options(gate: EgressGate | None) -> dict[str, str]:
+    options = {
+        "user_agent": USER_AGENT,
+        # Keep-alive for the demuxers' seeks: with a new connection per seek,
+        # the bundled FFmpeg (libavformat 62) read an OGG/Vorbis file over HTTP
+        # up to its first seek and ended there (49 of 1,408 packets, always).
+        "multiple_requests": "1",
+        "reconnect": "1", "reconnect_delay_max": "2",
+        # live HLS: start at the newest segment, not three from the end
+        "live_start_index": "-1",
+        "protocol_whitelist": PROTOCOLS, "format_whitelist": DEMUXERS,
+        "max_redirects": str(MAX_REDIRECTS),
+        # FFmpeg's TLS does not verify by default; its GnuTLS is given the CA file
+        # OpenSSL uses (SSL_CERT_FILE applies). Its HLS demuxer does not pass this on
+        # to segments (docs/DESIGN.md, "Egress policy").
+        "tls_verify": "1",
+    }
+    ca_file = ssl.get_default_verify_paths().cafile or (
+        SYSTEM_CA_FILE if os.path.exists(SYSTEM_CA_FILE) else None)
+    if ca_file:
+        options["ca_file"] = ca_file
+    if gate is not None:  # HLS passes it on to segments (and https uses CONNECT)
+        options["http_proxy"] = gate.url
+    return options
 
 
 @dataclass
@@ -149,53 +204,97 @@ class OpenedSource:
     audio: Any | None
     live: bool  # no known duration: a live stream (live HLS, SRT, an endless HTTP stream)
     reader: srt.SrtReader | None = None
+    gate: EgressGate | None = None  # every connection FFmpeg makes goes through it
 
     def close(self) -> None:
+        """Close the container (the gate is its pull's: it ends with the pull)."""
         if self.reader is not None:
             self.reader.cancel()
         self.container.close()
 
 
-def open_source(url: str, stall_timeout: float = STALL_TIMEOUT) -> OpenedSource:
+def _gated(url: str, refuse: egress.Refuse | None) -> bool:
+    """Whether the pull's connections go through an egress gate: http(s) under the
+    policy (an SRT caller checks its addresses itself). Never raises: an unparsable
+    URL is gated, and fails in the probe."""
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:
+        scheme = ""
+    return refuse is not None and scheme != "srt"
+
+
+@contextlib.asynccontextmanager
+async def egress_gate_for(url: str, refuse: egress.Refuse | None, *,
+                          getaddrinfo: Callable[..., Any] | None = None
+                          ) -> AsyncIterator[EgressGate | None]:
+    """The egress gate a pull of `url` goes through, served for the `async with` block
+    (None: no gate is needed). `getaddrinfo`: a blocking resolver (tests' own)."""
+    if not _gated(url, refuse):
+        yield None
+        return
+    assert refuse is not None
+    async with open_egress_gate(refuse, getaddrinfo=getaddrinfo) as gate:
+        yield gate
+
+
+def open_source(url: str, stall_timeout: float = STALL_TIMEOUT, *,
+                refuse: egress.Refuse | None = egress.refusal,
+                getaddrinfo: Callable[..., Any] = socket.getaddrinfo,
+                gate: EgressGate | None = None) -> OpenedSource:
     """Open the URL and pick its first video and first audio stream. Blocking: run it
-    in a thread. SourceError when it cannot be opened or has nothing to publish."""
-    scheme = urlsplit(url).scheme.lower()
+    in a thread. SourceError when it cannot be opened or has nothing to publish.
+    `refuse` is the egress policy (None: any address, url_allow_private_addresses);
+    `getaddrinfo` the resolver an SRT caller checks (tests give their own); `gate`
+    the serving egress gate (egress_gate_for()), which an http(s) URL under the
+    policy must have."""
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError as exc:
+        raise SourceError(f"invalid URL {redact(url)}: {exc}") from None
     reader = None
+    if gate is None and _gated(url, refuse):
+        raise ValueError("an http(s) pull under the egress policy needs its egress gate")
     try:
         if scheme == "srt":
             mime = "video/mp2t"
             caller = srt.SrtCaller()
+            resolve = (getaddrinfo if refuse is None else functools.partial(
+                egress.resolve, refuse=refuse, getaddrinfo=getaddrinfo))
             try:
-                caller.connect(srt.parse_srt_url(url), timeout=OPEN_TIMEOUT)
+                caller.connect(srt.parse_srt_url(url), timeout=OPEN_TIMEOUT,
+                               getaddrinfo=resolve)
             except BaseException:
                 caller.close()
                 raise
             reader = srt.SrtReader(caller, stall_timeout=stall_timeout)
             container = av.open(reader, format="mpegts", timeout=(OPEN_TIMEOUT, stall_timeout))
         else:
-            mime = probe_http(url)
+            mime = probe_http(url, gate=gate)
             if mime.startswith(NOT_MEDIA):
                 raise unsupported(mime)
-            container = av.open(url, timeout=(OPEN_TIMEOUT, stall_timeout), options={
-                "user_agent": USER_AGENT,
-                # Keep-alive for the demuxers' seeks: with a new connection per seek,
-                # the bundled FFmpeg (libavformat 62) read an OGG/Vorbis file over HTTP
-                # up to its first seek and ended there (49 of 1,408 packets, always).
-                "multiple_requests": "1",
-                "reconnect": "1", "reconnect_delay_max": "2",
-                # live HLS: start at the newest segment, not three from the end
-                "live_start_index": "-1",
-            })
-    except srt.SrtError as exc:
-        raise SourceError(str(exc)) from None
-    except av.error.ExitError:
-        raise SourceError(f"no data from {redact(url)} for {stall_timeout:.0f} s") from None
-    except av.error.FFmpegError as exc:
+            container = av.open(url, timeout=(OPEN_TIMEOUT, stall_timeout),
+                                options=_ffmpeg_options(gate))
+            if gate is not None and gate.refused:  # e.g. an HLS segment FFmpeg skipped
+                container.close()
+                raise SourceError(gate.refused)
+    except BaseException as exc:
         if reader is not None:
             reader.cancel()
-        if isinstance(exc, av.error.InvalidDataError):
+        gate_error = gate.take_error() if gate is not None else None
+        if isinstance(exc, av.error.FFmpegError) and gate_error:
+            raise SourceError(gate_error) from None  # not the gate's 403/502 as FFmpeg saw it
+        if isinstance(exc, egress.Refused | srt.SrtError):
+            raise SourceError(str(exc)) from None
+        if isinstance(exc, av.error.ExitError):
+            raise SourceError(f"no data from {redact(url)} for {stall_timeout:.0f} s"
+                              ) from None
+        # not demuxable (EINVAL: a demuxer off the whitelist, or a protocol)
+        if isinstance(exc, av.error.InvalidDataError | av.error.ArgumentError):
             raise unsupported(mime) from None
-        raise SourceError(f"cannot open {redact(url)}: {exc.strerror or exc}") from None
+        if isinstance(exc, av.error.FFmpegError):
+            raise SourceError(f"cannot open {redact(url)}: {exc.strerror or exc}") from None
+        raise
     video = next((s for s in container.streams.video
                   if not s.disposition & av.stream.Disposition.attached_pic), None)
     audio = next(iter(container.streams.audio), None)
@@ -208,7 +307,7 @@ def open_source(url: str, stall_timeout: float = STALL_TIMEOUT) -> OpenedSource:
         if stream is not None:
             stream.codec_context.thread_type = "AUTO"  # paced: threads' delay is hidden
     return OpenedSource(container, video, audio, live=container.duration is None,
-                        reader=reader)
+                        reader=reader, gate=gate)
 
 
 class MediaClock:
@@ -284,18 +383,33 @@ def _ms(frame_or_packet: Any, time_base: Fraction | None) -> int | None:
 
 
 class UrlPull:
-    """One pull: open (while the worker joins the room), then demux -> stages -> outputs."""
+    """One pull: open (while the worker joins the room), then demux -> stages -> outputs.
+    `async with` it around both: it serves the pull's egress gate meanwhile."""
 
-    def __init__(self, session: Session, url: str) -> None:
+    def __init__(self, session: Session, url: str, *, allow_private: bool = False) -> None:
         self.session = session
         self.url = url
+        self.refuse = None if allow_private else egress.refusal
+        self.gate: EgressGate | None = None
         self.source: OpenedSource | None = None
         self.clock = MediaClock()
         self._stop = threading.Event()
+        self._exits = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> UrlPull:
+        self.gate = await self._exits.enter_async_context(
+            egress_gate_for(self.url, self.refuse))
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool:
+        """Stop the gate: FFmpeg's connections end, a demux thread still reading returns."""
+        return await self._exits.__aexit__(*exc_info)
 
     async def open(self) -> None:
-        self.source = await trio.to_thread.run_sync(open_source, self.url,
-                                                    abandon_on_cancel=True)
+        # in a thread: the event loop serves the gate the probe and FFmpeg connect to
+        self.source = await trio.to_thread.run_sync(
+            functools.partial(open_source, self.url, refuse=self.refuse, gate=self.gate),
+            abandon_on_cancel=True)
         self.clock = MediaClock(live=self.source.live)
         source = self.source
         log.info("opened %s (%s): %s%s%s", redact(self.url), "live" if source.live else
@@ -355,16 +469,21 @@ class UrlPull:
         source = self.source
         assert source is not None
         streams = [s for s in (source.video, source.audio) if s is not None]
+        gate = source.gate
         count = 0
         try:
             for packet in source.container.demux(streams):
                 if self._stop.is_set():
                     return
+                if gate is not None and gate.refused:  # an HLS segment, a reconnection
+                    raise SourceError(gate.refused)
                 if packet.size == 0:
                     continue  # the demuxer's flush packets
                 channel = video_send if packet.stream is source.video else audio_send
                 trio.from_thread.run(channel.send, packet)
                 count += 1
+            if gate is not None and gate.refused:  # FFmpeg's HLS skips a failed segment
+                raise SourceError(gate.refused)
             log.info("end of %s after %d packets", redact(self.url), count)
         except av.error.ExitError:
             raise SourceError(f"no data from {redact(self.url)} for {STALL_TIMEOUT:.0f} s"
@@ -374,8 +493,9 @@ class UrlPull:
         except av.error.FFmpegError as exc:
             if self._stop.is_set():
                 return
-            raise SourceError(f"reading {redact(self.url)} failed: {exc.strerror or exc}"
-                              ) from None
+            gate_error = gate.take_error() if gate is not None else None
+            raise SourceError(gate_error or f"reading {redact(self.url)} failed: "
+                              f"{exc.strerror or exc}") from None
         except (trio.RunFinishedError, trio.Cancelled, trio.BrokenResourceError,
                 trio.ClosedResourceError) as exc:
             log.info("demux of %s stopped after %d packets: %r", redact(self.url), count, exc)

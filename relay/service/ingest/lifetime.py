@@ -105,11 +105,13 @@ class SessionFailure(Exception):
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """Where session workers publish (ws_url) and the key that signs their tokens."""
+    """Where session workers publish (ws_url), the key that signs their tokens, and
+    whether URL pulls may reach private addresses (url_allow_private_addresses)."""
 
     ws_url: str
     api_key: str
     api_secret: str
+    url_allow_private_addresses: bool = False
 
 
 WorkerLauncher = Callable[[Start], AbstractAsyncContextManager[SessionWorker]]
@@ -262,7 +264,8 @@ class SessionHost:
                         self.workers.api_key, self.workers.api_secret, info, live.resource_id),
                         info.SerializeToString(), transcode=transcode, offer=offer,
                         host_addresses=host_addresses, url=info.url if kind == "url" else "",
-                        ice_ports=ice_ports)
+                        ice_ports=ice_ports,
+                        allow_private_addresses=self.workers.url_allow_private_addresses)
                     with unwrap_single_exception():  # the block's own error, not a group
                         async with self.launch(start) as worker, \
                                 trio.open_nursery() as reports:
