@@ -1,7 +1,8 @@
 """Regenerate the seed corpora (fuzz/corpus/*/seed-*) from the real captures.
 
 Seeds are slices of the ffmpeg/PyAV captures plus a few hand-built messages for paths
-those publishers never take (aggregate messages, AMF3, pings, multitrack, ModEx...).
+those publishers never take (aggregate messages, AMF3, pings, multitrack, ModEx...),
+and for the egress gate's request parser the requests FFmpeg and the urllib probe send.
 Crashers and merged fuzzer finds live beside them under other names and are kept.
 Run: ``python fuzz/make_corpus.py`` (deterministic; rewrites only ``seed-*`` files).
 """
@@ -16,9 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import CORPUS, HANDSHAKE_LEN, DetRandom, capture
 from fuzz_flv import FLV_HEADER, flv_tag
+from fuzz_proxy import MODES as PROXY_MODES
 from fuzz_session import PUBLISH_END
 
 import rtmp
+from relay.worker._proxy_requests import HEAD_LIMIT
 from rtmp._handshake import client_hello
 
 FFMPEG, HEVC, AV1 = "ffmpeg51_h264_aac", "pyav_hevc_aac", "pyav_av1_opus"
@@ -187,6 +190,33 @@ def flv_seeds() -> dict[str, bytes]:
     return seeds
 
 
+def proxy_seeds() -> dict[str, bytes]:
+    """What a pull sends through the egress gate: FFmpeg's GET, the probe's HEAD, a
+    CONNECT with the tunnel's first bytes, requests switching origin, a head at the limit."""
+    mode = {name: bytes([i]) for i, name in enumerate(PROXY_MODES)}
+    get = (b"GET http://media.example:8080/live/index.m3u8?token=x HTTP/1.1\r\n"
+           b"User-Agent: Lavf/60.16.100\r\nAccept: */*\r\nRange: bytes=0-\r\n"
+           b"Connection: close\r\nHost: media.example:8080\r\nIcy-MetaData: 1\r\n"
+           b"Proxy-Connection: keep-alive\r\n\r\n")
+    head = (b"HEAD http://a.test/x.mp4 HTTP/1.1\r\nAccept-Encoding: identity\r\n"
+            b"Host: a.test\r\nUser-Agent: Python-urllib/3.11\r\n"
+            b"Proxy-Authorization: Basic eDp5\r\nConnection: close\r\n\r\n")
+    connect = (b"CONNECT [::1]:443 HTTP/1.1\r\nHost: [::1]:443\r\n\r\n"
+               b"\x16\x03\x01\x00\x05hello")
+    switch = (b"GET http://b.test:81/seg1.ts HTTP/1.1\r\nHost: b.test:81\r\n"
+              b"Content-Length: 0\r\n\r\n"
+              b"GET http://[2001:db8::1]/seg2.ts HTTP/1.0\r\nHost: [2001:db8::1]\r\n\r\n")
+    line = b"GET http://a.test/ HTTP/1.1\r\nX: "
+    limit = line + b"a" * (HEAD_LIMIT - len(line)) + b"\r\n\r\n" + get
+    return {
+        "get-ffmpeg": mode["whole"] + get,
+        "head-urllib": mode["bytewise"] + head,
+        "connect-v6-tunnel": mode["cuts"] + connect,
+        "switch-origin": mode["after-get"] + switch,
+        "head-at-limit": mode["whole"] + limit,
+    }
+
+
 def write(harness: str, seeds: dict[str, bytes]) -> None:
     folder = CORPUS / harness
     folder.mkdir(parents=True, exist_ok=True)
@@ -201,6 +231,7 @@ def write(harness: str, seeds: dict[str, bytes]) -> None:
 def main() -> None:
     write("session", session_seeds())
     write("flv", flv_seeds())
+    write("proxy", proxy_seeds())
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ finds and every fixed crasher) goes through that harness's full oracle, with the
 tracemalloc bound on: only RTMPProtocolError, caps held, whole == re-split, FLV == live;
 for the WHIP core (sdp) only WhipOfferError, and CRLF == LF; for URL ingresses (url)
 only invalid_argument from validation, a redaction that never raises, only SrtError
-from the SRT URL parser.
+from the SRT URL parser; for the egress gate's request parser (proxy) only
+ProxyRequestError, whole == re-split, clean forwarded heads, the buffer's bound.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ sys.path.insert(0, str(FUZZ))
 
 import fuzz_flv  # noqa: E402
 import fuzz_http  # noqa: E402
+import fuzz_proxy  # noqa: E402
 import fuzz_sdp  # noqa: E402
 import fuzz_session  # noqa: E402
 import fuzz_url  # noqa: E402
 
 HARNESSES: dict[str, ModuleType] = {"session": fuzz_session, "flv": fuzz_flv, "sdp": fuzz_sdp,
-                                    "url": fuzz_url, "http": fuzz_http}
+                                    "url": fuzz_url, "http": fuzz_http, "proxy": fuzz_proxy}
 CASES = [
     pytest.param(name, path, id=f"{name}/{path.name}")
     for name in HARNESSES

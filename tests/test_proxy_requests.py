@@ -228,3 +228,14 @@ def test_any_input_gives_events_or_the_documented_error(chunks: list[bytes], pre
     events, error, _ = run([chunk for chunk in (prefix, *chunks) if chunk])
     assert error in (None, 400, 405)
     assert all(isinstance(e, Connect | Forward | ConnectionClosed) for e in events)
+
+
+def test_a_folded_header_line_is_refused() -> None:
+    """obs-fold (RFC 9112 5.2): a proxy refuses it or unfolds it; the gate refuses, so
+    an indented `Proxy-Authorization` cannot pass as the previous header's value."""
+    parser = ProxyRequests()
+    parser.receive_data(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n"
+                        b" Proxy-Authorization: Basic eA==\r\n\r\n")
+    with pytest.raises(ProxyRequestError) as caught:
+        parser.next_event()
+    assert caught.value.status == 400

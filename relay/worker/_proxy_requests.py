@@ -147,12 +147,14 @@ def _request(head: bytes, *, connect_allowed: bool) -> Connect | Forward:
         raise ProxyRequestError(405, f"method {method[:16]!r} is not forwarded")
     kept: list[bytes] = []
     for header in headers:
+        if header[:1] in (b" ", b"\t"):  # obs-fold: RFC 9112 5.2 lets a proxy refuse it
+            raise ProxyRequestError(400, "a folded header line")
         name, _, value = header.partition(b":")
         name = name.strip().lower()
         if name == b"transfer-encoding" or (name == b"content-length"
                                             and value.strip() != b"0"):
             raise ProxyRequestError(400, "a request with a body")
-        if not name.startswith(b"proxy-"):  # the name as read above, indented or not
+        if not name.startswith(b"proxy-"):
             kept.append(header)
     host, port, path = _absolute_url(target.decode("latin-1"))
     request_line = b" ".join([method, path.encode("latin-1"), version])
