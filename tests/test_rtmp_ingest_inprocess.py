@@ -176,3 +176,12 @@ async def test_max_connections_and_idle_timeout(tmp_path: Path,
         assert state.error == "no data from the publisher for 0.5 s"
         assert re.search(r"ended after \d\.\d s: no data from the publisher for 0\.5 s",
                          caplog.text)
+
+
+def test_the_cores_buffer_caps_follow_the_message_size_setting() -> None:
+    from relay.service.ingest.rtmp_front import RECEIVE_SIZE, RtmpSettings, session_config
+
+    config = session_config(RtmpSettings(max_message_size=256 * 1024))
+    assert (config.max_message_size, config.max_buffered_bytes,
+            config.max_receive_buffer) == (256 * 1024, 512 * 1024, 512 * 1024 + RECEIVE_SIZE)
+    assert config.max_message_size_before_publish == 64 * 1024  # the core's own

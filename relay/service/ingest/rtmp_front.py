@@ -256,6 +256,15 @@ class RtmpFront:
         return ""
 
 
+def session_config(settings: RtmpSettings) -> rtmp.SessionConfig:
+    """The core's caps for one connection, from the listener's settings: messages up
+    to `max_message_size`, partial messages (audio and video interleave) and unparsed
+    input up to twice that; before a publish, the core's own small caps."""
+    size = settings.max_message_size
+    return rtmp.SessionConfig(max_message_size=size, max_buffered_bytes=2 * size,
+                              max_receive_buffer=2 * size + RECEIVE_SIZE)
+
+
 def _peer(stream: trio.SocketStream) -> str:
     try:
         addr = stream.socket.getpeername()
@@ -289,7 +298,7 @@ class _Connection:
         self.scheme = scheme
         self.nursery = nursery
         self.session = rtmp.ServerSession(
-            rtmp.SessionConfig(max_message_size=ingest.settings.max_message_size))
+            session_config(ingest.settings))
         self.stats = InputStats()
         self.live = False  # between accept and the end of the session
         self._unauthenticated = True  # holds one of the front's unauthenticated slots
