@@ -10,6 +10,7 @@ import contextlib
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -25,7 +26,8 @@ PEERS = 100
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    proc = ServiceProcess(tmp_path_factory.mktemp("http-limits"),
+    # a ws_url (never reached: no session starts here) turns the WHIP routes on
+    proc = ServiceProcess(tmp_path_factory.mktemp("http-limits"), ws_url="ws://127.0.0.1:9",
                           http_request_timeout=REQUEST_TIMEOUT,
                           http_max_connections=PEERS + 20)
     proc.start()
@@ -80,3 +82,33 @@ def test_connections_past_the_cap_are_closed(svc: ServiceProcess) -> None:
         for sock in held:
             sock.close()
     assert "refused: max connections (120) reached" in svc.log()
+    # the slots come back (within the 1 s EOF grace): the next test finds them free
+    deadline = time.monotonic() + 5
+    while "Healthy" not in _get(svc, "/"):
+        assert time.monotonic() < deadline, "slots not given back"
+        time.sleep(0.1)
+
+
+def _get(svc: ServiceProcess, path: str) -> str:
+    try:
+        with urllib.request.urlopen(svc.url + path, timeout=2) as reply:
+            return reply.read().decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.parametrize("size", [100 * 1024, 8 << 20])
+def test_an_oversized_whip_offer_is_refused_unread(svc: ServiceProcess, size: int) -> None:
+    """WHIP bodies (an SDP offer) are capped at 64 KiB: 413, the body not taken in."""
+    host, port = _address(svc)
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(b"POST /w/somekey HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Content-Type: application/sdp\r\n"
+                     b"Content-Length: %d\r\n\r\n" % size)
+        with contextlib.suppress(OSError):  # the node may answer and close mid-body
+            sock.sendall(b"v=0\r\n" + b"a" * (size - 5))
+        reply = b""
+        with contextlib.suppress(OSError):
+            while b"\r\n\r\n" not in reply and (chunk := sock.recv(65536)):
+                reply += chunk
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
