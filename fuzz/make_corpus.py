@@ -2,7 +2,8 @@
 
 Seeds are slices of the ffmpeg/PyAV captures plus a few hand-built messages for paths
 those publishers never take (aggregate messages, AMF3, pings, multitrack, ModEx...),
-and for the egress gate's request parser the requests FFmpeg and the urllib probe send.
+for the egress gate's request parser the requests FFmpeg and the urllib probe send, and
+for the psrpc core the Redis messages its fixed exchange meets.
 Crashers and merged fuzzer finds live beside them under other names and are kept.
 Run: ``python fuzz/make_corpus.py`` (deterministic; rewrites only ``seed-*`` files).
 """
@@ -18,9 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CORPUS, HANDSHAKE_LEN, DetRandom, capture
 from fuzz_flv import FLV_HEADER, flv_tag
 from fuzz_proxy import MODES as PROXY_MODES
+from fuzz_psrpc import CLIENT_ID, NOW, RID, SERVER_ID, T0
+from fuzz_psrpc import MODES as PSRPC_MODES
 from fuzz_session import PUBLISH_END
 
 import rtmp
+from relay import psrpc
 from relay.worker._proxy_requests import HEAD_LIMIT
 from rtmp._handshake import client_hello
 
@@ -217,6 +221,48 @@ def proxy_seeds() -> dict[str, bytes]:
     }
 
 
+def psrpc_seeds() -> dict[str, bytes]:
+    """Messages the fixed state of fuzz_psrpc meets: requests (fresh, expired, with a
+    malformed body, with metadata), claim answers naming the server or another, claims for
+    each client request, responses (a reply, an error, a bad body) and the wrong type."""
+    mode = {name: bytes([i]) for i, name in enumerate(PSRPC_MODES)}
+    body = psrpc.StartIngressRequest(token="t", ws_url="ws://lk").SerializeToString()
+
+    def request(rid: str, expiry: int, raw: bytes = body, **extra: object) -> bytes:
+        return psrpc.encode(psrpc.Request(request_id=rid, client_id="CLI_otherclient01",
+                                          sent_at=T0, expiry=expiry, raw_request=raw,
+                                          **extra))
+
+    sessions = psrpc.ListActiveIngressResponse(ingress_sessions=[psrpc.IngressSession(
+        ingress_id="IN_a", resource_id="RS_b")]).SerializeToString()
+    return {
+        "req-fresh": mode["req"] + request("REQ_seed00000001", NOW + 3_000_000_000),
+        "req-expired": mode["req"] + request("REQ_seed00000002", NOW),
+        "req-bad-body": mode["req"] + request("REQ_seed00000003", NOW + 1, b"\x0a\x05ab"),
+        "req-metadata-multi": mode["req"] + request(
+            "REQ_seed00000004", NOW + 1, b"", multi=True, metadata={"k": "v"}),
+        "req-pending-id": mode["req"] + request(RID[0], NOW + 1),
+        "rclaim-chosen": mode["rclaim"] + psrpc.encode(psrpc.ClaimResponse(
+            request_id=RID[0], server_id=SERVER_ID)),
+        "rclaim-other": mode["rclaim"] + psrpc.encode(psrpc.ClaimResponse(
+            request_id=RID[0], server_id="SRV_someoneelse1")),
+        "claim-selecting": mode["claim"] + psrpc.encode(psrpc.ClaimRequest(
+            request_id=RID[0], server_id="SRV_x", affinity=0.9)),
+        "claim-waiting": mode["claim"] + psrpc.encode(psrpc.ClaimRequest(
+            request_id=RID[2], server_id="SRV_x", affinity=2.0)),
+        "res-multi": mode["res"] + psrpc.encode(psrpc.Response(
+            request_id=RID[1], server_id="SRV_x", sent_at=NOW, raw_response=sessions)),
+        "res-error": mode["res"] + psrpc.encode(psrpc.Response(
+            request_id=RID[2], server_id=SERVER_ID, error="gone", code="not_found")),
+        "res-selecting-error": mode["res"] + psrpc.encode(psrpc.Response(
+            request_id=RID[0], error="bad", code="malformed_request")),
+        "res-bad-body": mode["res"] + psrpc.encode(psrpc.Response(
+            request_id=RID[2], raw_response=b"\x0a\x05ab")),
+        "res-wrong-type": mode["res"] + psrpc.encode(psrpc.ClaimRequest(request_id=RID[2])),
+        "claim-garbage": mode["claim"] + b"\x0a\xff\xff\xff\xff\x0f" + CLIENT_ID.encode(),
+    }
+
+
 def write(harness: str, seeds: dict[str, bytes]) -> None:
     folder = CORPUS / harness
     folder.mkdir(parents=True, exist_ok=True)
@@ -232,6 +278,7 @@ def main() -> None:
     write("session", session_seeds())
     write("flv", flv_seeds())
     write("proxy", proxy_seeds())
+    write("psrpc", psrpc_seeds())
 
 
 if __name__ == "__main__":
