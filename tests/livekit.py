@@ -32,8 +32,9 @@ def free_port() -> int:
 
 
 class LiveKitServer:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_config: str = "") -> None:
         self.workdir = workdir
+        self.extra_config = extra_config  # YAML appended to the config (redis:, ingress:)
         self.port = free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -56,7 +57,7 @@ keys:
   {API_KEY}: {API_SECRET}
 logging:
   level: warn
-""")
+""" + self.extra_config)
         self.proc = subprocess.Popen([binary, "--config", str(config), "--bind", "127.0.0.1",
                                       "--node-ip", "127.0.0.1"],
                                      stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT)
