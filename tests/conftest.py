@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.livekit import LiveKitServer
+from tests.redis_server import RedisServer
 from tests.service import ServiceProcess
 
 # The dev and test secrets are short on purpose in places; PyJWT's advice is noise here.
@@ -34,6 +35,15 @@ def fresh_service(tmp_path: Path) -> Iterator[ServiceProcess]:
 def livekit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
     """A real livekit-server on 127.0.0.1 for the whole run (started on first use)."""
     server = LiveKitServer(tmp_path_factory.mktemp("livekit"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """Debian's redis-server on a free port of 127.0.0.1, one per test module."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
     server.stop()

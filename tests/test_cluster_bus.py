@@ -19,20 +19,13 @@ from livekit import api
 from livekit.protocol import ingress as lk
 
 from relay import psrpc
-from relay.service.cluster.redis_bus import RedisBus, RedisConfig, open_redis_bus
+from relay.service.cluster.redis_bus import RedisBus, open_redis_bus
 from relay.service.cluster.rpc import RpcCaller, RpcFailed, Served, serve_rpc
+from relay.service.config import RedisConfig
 from tests.livekit import API_KEY, API_SECRET, LiveKitServer
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @asynccontextmanager

@@ -66,7 +66,7 @@ def test_config_body_env(tmp_path: Path) -> None:
     (KEYS + "rtmp_port: 70000\n", "rtmp_port: 70000 is not a port"),
     (KEYS + "http_port: -1\n", "http_port: the HTTP listener"),
     (KEYS + "logging: {level: loud}\n", "logging.level: one of"),
-    (KEYS + "redis: {address: x}\n", "redis: not supported yet"),
+    (KEYS + "redis: {adress: x}\n", "unknown config key: redis.adress"),
     (KEYS + "http_port: 1\nwhip_port: 2\n", "whip_port: given twice"),
     (KEYS + "rtmps_port: 1937\n", "rtmps_port needs rtmps_cert_file"),
     (KEYS + "rtc_config: {udp_port: 70000}\n",

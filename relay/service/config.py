@@ -118,6 +118,18 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class RedisConfig:
+    """`redis.*`, as LiveKit's: with an address the node works for a LiveKit server on
+    that Redis (cluster mode, relay/service/cluster/); without, it is standalone."""
+
+    address: str = ""
+    username: str = ""
+    password: str = ""
+    db: int = 0
+    use_tls: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     api_key: str = ""
     api_secret: str = ""
@@ -156,6 +168,7 @@ class Config:
     data_dir: str = "data"
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     rtc_config: RtcConfig = field(default_factory=RtcConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
     cpu_cost: CpuCostConfig = field(default_factory=CpuCostConfig)
     dev: bool = False
 
@@ -181,10 +194,10 @@ class Config:
         return Path(self.data_dir) / "ingress.sqlite3"
 
 
-_NESTED = {"logging": LoggingConfig, "rtc_config": RtcConfig, "cpu_cost": CpuCostConfig}
+_NESTED = {"logging": LoggingConfig, "rtc_config": RtcConfig, "cpu_cost": CpuCostConfig,
+           "redis": RedisConfig}
 _ALIASES = {"whip_port": "http_port"}
 _UNSUPPORTED = {
-    "redis": "redis: not supported yet; this service keeps ingresses in SQLite under data_dir",
     "api_processes": "api_processes: removed; one process serves the HTTP listener, and "
                      "more capacity comes from more nodes",
 }

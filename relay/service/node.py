@@ -12,6 +12,8 @@ and runs until cancelled; the CLI cancels it on SIGINT/SIGTERM. Its parts:
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -20,15 +22,17 @@ from livekit.protocol import ingress as pb
 
 from api.auth import Authenticator
 from api.service import EndpointUrls, IngressService
-from api.store import open_sqlite_store
+from api.store import IngressStore, open_sqlite_store
 from api.twirp import TwirpServer
 from relay.wire import WorkerLimits
 
+from .cluster.control import ClusterControlPlane, url_affinity
+from .cluster.redis_bus import open_redis_bus
 from .config import Config
 from .http.app import create_app, create_ops_app, record_call
 from .http.server import HttpLimits, listener_config, serve_app
 from .ingest.admission import Admission
-from .ingest.control import LocalControlPlane
+from .ingest.control import ControlPlane, LocalControlPlane
 from .ingest.lifetime import SHUTTING_DOWN, SessionHost, WorkerSettings
 from .ingest.registry import SessionRegistry
 from .ingest.rtmp_front import RtmpFront, RtmpSettings, load_ssl_context
@@ -69,6 +73,19 @@ class NodeCommands:
         self.pulls.start(info)
 
 
+@asynccontextmanager
+async def _open_control_plane(config: Config, registry: SessionRegistry, admission: Admission
+                              ) -> AsyncIterator[tuple[ControlPlane, IngressStore | None]]:
+    """Who owns the ingresses: a LiveKit server on `redis.address` (cluster mode: no
+    store here), or this node's SQLite store (standalone)."""
+    if config.redis.address:
+        async with open_redis_bus(config.redis) as bus:
+            yield ClusterControlPlane(bus, registry, partial(url_affinity, admission)), None
+    else:
+        async with open_sqlite_store(config.store_path) as store:
+            yield LocalControlPlane(store), store
+
+
 SHUTDOWN_GRACE = 10.0  # seconds live sessions get to leave their rooms and write states
 
 
@@ -92,11 +109,11 @@ async def serve(config: Config, *, stop: trio.Event | None = None,
                                  config.url_allow_private_addresses)
     else:
         log.warning("no ws_url configured: RTMP sessions are accepted but publish nowhere")
-    async with open_sqlite_store(config.store_path) as store, trio.open_nursery() as nursery:
-        control = LocalControlPlane(store)
-        # without ws_url no worker runs: a session is the RTMP front alone (0.4% of a
-        # core, docs/PERFORMANCE.md), which cpu_cost does not describe
-        admission = Admission(status, config.cpu_cost) if workers else Admission.unlimited()
+    # without ws_url no worker runs: a session is the RTMP front alone (0.4% of a
+    # core, docs/PERFORMANCE.md), which cpu_cost does not describe
+    admission = Admission(status, config.cpu_cost) if workers else Admission.unlimited()
+    async with _open_control_plane(config, registry, admission) as (control, store), \
+            trio.open_nursery() as nursery:
         launch = partial(open_session_worker, limits=WorkerLimits(
             config.worker_memory_limit_mb, config.worker_cpu_time_limit))
         host = SessionHost(control, registry, workers=workers, admission=admission,
@@ -110,11 +127,13 @@ async def serve(config: Config, *, stop: trio.Event | None = None,
                              ice_ports=config.rtc_config.ice_ports())
             await nursery.start(whip.run)
         commands = NodeCommands(registry, pulls)
-        service = IngressService(store, EndpointUrls(config.rtmp_url, config.whip_url),
-                                 commands, rtmp_passthrough=config.rtmp_passthrough)
         await nursery.start(control.run, commands)
-        twirp = TwirpServer(service, Authenticator({config.api_key: config.api_secret}),
-                            record=record_call)
+        twirp = None  # in cluster mode the API is the LiveKit server's
+        if store is not None:
+            service = IngressService(store, EndpointUrls(config.rtmp_url, config.whip_url),
+                                     commands, rtmp_passthrough=config.rtmp_passthrough)
+            twirp = TwirpServer(service, Authenticator({config.api_key: config.api_secret}),
+                                record=record_call)
         nursery.start_soon(status.sample_cpu)
         nursery.start_soon(watch_loop_lag)
         app = create_app(status, twirp, whip)
@@ -153,7 +172,9 @@ async def serve(config: Config, *, stop: trio.Event | None = None,
         bound = Bound(http, health, prometheus, rtmp, rtmps)
         parts = [f"api {http}"] + [f"{name} {addr}" for name, addr in
                                    (("rtmp", rtmp), ("rtmps", rtmps)) if addr]
-        log.info("ingress service ready: %s, store %s", ", ".join(parts), config.store_path)
+        where = (f"worker of the LiveKit server on redis {config.redis.address}"
+                 if store is None else f"store {config.store_path}")
+        log.info("ingress service ready: %s, %s", ", ".join(parts), where)
         task_status.started(bound)
         try:
             await (stop.wait() if stop is not None else trio.sleep_forever())

@@ -26,10 +26,11 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import redis
 import trio
+
+from ..config import RedisConfig
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +39,13 @@ RETRY_PAUSES = (0.1, 0.2, 0.5, 1.0, 2.0)  # after a lost connection, then 2 s ea
 SUBSCRIPTION_BUFFER = 256  # messages held per subscription before the reader waits
 
 
-@dataclass(frozen=True)
-class RedisConfig:
-    """Where the bus is (the `redis:` block of LiveKit's config, its single-node keys)."""
-
-    address: str = "127.0.0.1:6379"
-    username: str = ""
-    password: str = ""
-    db: int = 0
-    use_tls: bool = False
-
-    def client(self) -> redis.Redis:
-        host, _, port = self.address.rpartition(":")
-        return redis.Redis(host=host.strip("[]") or "127.0.0.1", port=int(port or 6379),
-                           db=self.db, username=self.username or None,
-                           password=self.password or None, ssl=self.use_tls,
-                           socket_connect_timeout=5, health_check_interval=10)
+def redis_client(config: RedisConfig) -> redis.Redis:
+    """A client of `config`'s Redis (one node: Sentinel and cluster are not wired yet)."""
+    host, _, port = config.address.rpartition(":")
+    return redis.Redis(host=host.strip("[]") or "127.0.0.1", port=int(port or 6379),
+                       db=config.db, username=config.username or None,
+                       password=config.password or None, ssl=config.use_tls,
+                       socket_connect_timeout=5, health_check_interval=10)
 
 
 class RedisBus:
@@ -184,7 +176,7 @@ class RedisBus:
 @asynccontextmanager
 async def open_redis_bus(config: RedisConfig) -> AsyncIterator[RedisBus]:
     """A bus on `config`'s Redis for the block; fails at once if Redis does not answer."""
-    client = config.client()
+    client = redis_client(config)
     began = time.monotonic()
     await trio.to_thread.run_sync(client.ping)
     log.info("redis bus: connected to %s in %.0f ms", config.address,

@@ -8,7 +8,7 @@ cleanup runs in exactly one place: the session's own `finally`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -32,9 +32,20 @@ class SessionRegistry:
         self._live: dict[str, LiveSession] = {}
         self._emptied = trio.Event()
         self._emptied.set()
+        # told (ingress_id, True) when an ingress gets a live session and (ingress_id,
+        # False) when it has none any more: a cluster node serves its topic meanwhile
+        self.listeners: list[Callable[[str, bool], None]] = []
 
     def __len__(self) -> int:
         return len(self._live)
+
+    def sessions(self) -> list[tuple[str, str]]:
+        """(ingress_id, resource_id) of each live session."""
+        return [(s.ingress_id, s.resource_id) for s in self._live.values()]
+
+    def _tell(self, ingress_id: str, live: bool) -> None:
+        for listener in self.listeners:
+            listener(ingress_id, live)
 
     @contextmanager
     def register(self, ingress_id: str, resource_id: str,
@@ -48,11 +59,14 @@ class SessionRegistry:
         if self._emptied.is_set():
             self._emptied = trio.Event()
         self._live[ingress_id] = session
+        if old is None:
+            self._tell(ingress_id, True)
         try:
             yield session
         finally:
             if self._live.get(ingress_id) is session:
                 del self._live[ingress_id]
+                self._tell(ingress_id, False)
                 if not self._live:
                     self._emptied.set()
 

@@ -1,0 +1,159 @@
+"""A node as an ingress worker of a stock livekit-server 1.13.5 over Debian's
+redis-server (issue 13): the official client talks only to the LiveKit server.
+
+Covered so far: a URL ingress (CreateIngress at the server, claimed by our node over
+psrpc, media in the room, COMPLETE at the server) and an RTMP ingress (created at
+the server, published to our node with ffmpeg, looked up over psrpc, PUBLISHING at
+the server, DeleteIngress at the server ends it on our node).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from livekit import api
+from livekit.protocol import ingress as lk
+
+from tests.livekit import API_KEY, API_SECRET, LiveKitServer, Seen, free_port, watch
+from tests.media_http import MediaServer, serve_media
+from tests.redis_server import RedisServer
+from tests.service import ServiceProcess, run_asyncio
+
+pytestmark = pytest.mark.slow
+
+S = lk.IngressState
+
+
+@pytest.fixture(scope="module")
+def node_ports() -> tuple[int, int]:
+    return free_port(), free_port()  # our node's RTMP and HTTP ports, known to the server
+
+
+@pytest.fixture(scope="module")
+def server(redis_server: RedisServer, node_ports: tuple[int, int],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
+    rtmp_port, http_port = node_ports
+    livekit = LiveKitServer(tmp_path_factory.mktemp("livekit-cluster"), extra_config=f"""
+redis:
+  address: {redis_server.address}
+ingress:
+  rtmp_base_url: rtmp://127.0.0.1:{rtmp_port}/x
+  whip_base_url: http://127.0.0.1:{http_port}/w
+""")
+    livekit.start()
+    yield livekit
+    livekit.stop()
+
+
+@pytest.fixture(scope="module")
+def node(server: LiveKitServer, redis_server: RedisServer, node_ports: tuple[int, int],
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    rtmp_port, http_port = node_ports
+    proc = ServiceProcess(tmp_path_factory.mktemp("node"), api_key=API_KEY,
+                          api_secret=API_SECRET, ws_url=server.url, rtmp_port=rtmp_port,
+                          http_port=http_port, redis={"address": redis_server.address},
+                          url_allow_private_addresses=True)  # the media is on 127.0.0.1
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MediaServer]:
+    root = tmp_path_factory.mktemp("media")
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+                    "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25",
+                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "6",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+                    "-g", "25", "-c:a", "aac", str(root / "clip.mp4")], check=True)
+    with serve_media(root) as served:
+        yield served
+
+
+def at_server(server: LiveKitServer, call: Callable[[api.LiveKitAPI], Any]) -> Any:
+    async def main() -> Any:
+        client = api.LiveKitAPI(server.url.replace("ws://", "http://"), API_KEY, API_SECRET)
+        try:
+            return await call(client)
+        finally:
+            await client.aclose()
+
+    return run_asyncio(main())
+
+
+def state_at_server(server: LiveKitServer, ingress_id: str) -> lk.IngressState:
+    reply = at_server(server, lambda c: c.ingress.list_ingress(
+        lk.ListIngressRequest(ingress_id=ingress_id)))
+    return reply.items[0].state
+
+
+def wait_status(server: LiveKitServer, ingress_id: str, status: int, timeout: float = 30
+                ) -> lk.IngressState:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = state_at_server(server, ingress_id)
+        if state.status == status:
+            return state
+        assert time.monotonic() < deadline, f"{ingress_id}: {state}"
+        time.sleep(0.2)
+
+
+def test_the_nodes_own_api_points_to_the_server(node: ServiceProcess) -> None:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(node.url + "/twirp/livekit.Ingress/ListIngress",
+                                     data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+    assert refused.value.code == 503
+    assert b"call the Ingress API of the LiveKit server" in refused.value.read()
+
+
+def test_a_url_ingress_created_at_the_server_plays_through_our_node(
+        server: LiveKitServer, node: ServiceProcess, media: MediaServer) -> None:
+    seen: list[Seen] = []
+    viewer = threading.Thread(target=lambda: seen.append(
+        watch(server.url, "cluster-url", 40.0, until_left="puller")))
+    viewer.start()
+    time.sleep(1.5)
+    info = at_server(server, lambda c: c.ingress.create_ingress(lk.CreateIngressRequest(
+        input_type=lk.IngressInput.URL_INPUT, url=f"{media.base}/clip.mp4", name="pull",
+        room_name="cluster-url", participant_identity="puller")))
+    publishing = wait_status(server, info.ingress_id, S.ENDPOINT_PUBLISHING)
+    assert publishing.resource_id.startswith("UR_")
+    wait_status(server, info.ingress_id, S.ENDPOINT_COMPLETE)
+    viewer.join()
+    assert seen and seen[0].video_sizes, "no video reached the room"
+    assert (640, 360) in seen[0].video_sizes
+
+
+def test_an_rtmp_ingress_of_the_server_publishes_through_our_node(
+        server: LiveKitServer, node: ServiceProcess) -> None:
+    info = at_server(server, lambda c: c.ingress.create_ingress(lk.CreateIngressRequest(
+        input_type=lk.IngressInput.RTMP_INPUT, name="push", room_name="cluster-rtmp",
+        participant_identity="encoder")))
+    assert info.url.startswith("rtmp://127.0.0.1:")
+    publisher = subprocess.Popen(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
+         "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25", "-t", "60",
+         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", "25",
+         "-f", "flv", f"{info.url}/{info.stream_key}"], stderr=subprocess.PIPE)
+    try:
+        live = wait_status(server, info.ingress_id, S.ENDPOINT_PUBLISHING)
+        assert live.resource_id.startswith("RT_")
+        began = time.monotonic()
+        at_server(server, lambda c: c.ingress.delete_ingress(
+            lk.DeleteIngressRequest(ingress_id=info.ingress_id)))
+        while f"stopping session {live.resource_id}" not in node.log():
+            assert time.monotonic() - began < 5, "DeleteIngress did not reach the node"
+            time.sleep(0.1)
+    finally:
+        publisher.kill()
+        publisher.wait(10)
