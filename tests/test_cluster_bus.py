@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -143,3 +144,19 @@ async def test_livekit_server_starts_a_url_pull_on_our_psrpc_server(
     (request,) = started
     assert request.info.url == url and request.info.room_name == "cluster-room"
     assert info.ingress_id == request.info.ingress_id and info.url == url
+
+
+def test_the_live_journal_keeps_live_states_only(tmp_path: Path) -> None:
+    from relay.service.cluster.journal import LiveJournal
+
+    path = tmp_path / "data" / "cluster-sessions.json"
+    journal = LiveJournal(path)
+    live = lk.IngressState(status=lk.IngressState.ENDPOINT_PUBLISHING, resource_id="RT_a",
+                           started_at=123)
+    journal.record("IN_a", live)
+    journal.record("IN_b", lk.IngressState(status=lk.IngressState.ENDPOINT_BUFFERING))
+    journal.record("IN_b", lk.IngressState(status=lk.IngressState.ENDPOINT_INACTIVE))
+    assert LiveJournal(path).load() == {"IN_a": live}
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    path.write_text("{not json")
+    assert LiveJournal(path).load() == {}

@@ -136,15 +136,9 @@ def test_a_url_ingress_created_at_the_server_plays_through_our_node(
 
 def test_an_rtmp_ingress_of_the_server_publishes_through_our_node(
         server: LiveKitServer, node: ServiceProcess) -> None:
-    info = at_server(server, lambda c: c.ingress.create_ingress(lk.CreateIngressRequest(
-        input_type=lk.IngressInput.RTMP_INPUT, name="push", room_name="cluster-rtmp",
-        participant_identity="encoder")))
+    info = create_rtmp(server, "cluster-rtmp")
     assert info.url.startswith("rtmp://127.0.0.1:")
-    publisher = subprocess.Popen(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
-         "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25", "-t", "60",
-         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", "25",
-         "-f", "flv", f"{info.url}/{info.stream_key}"], stderr=subprocess.PIPE)
+    publisher = publish_rtmp(info)
     try:
         live = wait_status(server, info.ingress_id, S.ENDPOINT_PUBLISHING)
         assert live.resource_id.startswith("RT_")
@@ -157,3 +151,55 @@ def test_an_rtmp_ingress_of_the_server_publishes_through_our_node(
     finally:
         publisher.kill()
         publisher.wait(10)
+
+
+def publish_rtmp(info: lk.IngressInfo) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
+         "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25", "-t", "60",
+         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", "25",
+         "-f", "flv", f"{info.url}/{info.stream_key}"], stderr=subprocess.PIPE)
+
+
+def create_rtmp(server: LiveKitServer, room: str) -> lk.IngressInfo:
+    return at_server(server, lambda c: c.ingress.create_ingress(lk.CreateIngressRequest(
+        input_type=lk.IngressInput.RTMP_INPUT, name=room, room_name=room,
+        participant_identity="encoder")))
+
+
+def test_sigterm_reports_the_final_state_to_the_server(server: LiveKitServer,
+                                                       node: ServiceProcess) -> None:
+    info = create_rtmp(server, "cluster-sigterm")
+    publisher = publish_rtmp(info)
+    try:
+        wait_status(server, info.ingress_id, S.ENDPOINT_PUBLISHING)
+        assert node.stop() == 0
+        ended = state_at_server(server, info.ingress_id)
+        assert ended.status == S.ENDPOINT_INACTIVE, ended
+    finally:
+        publisher.kill()
+        publisher.wait(10)
+        node.start()
+
+
+def test_after_a_sigkill_the_restarted_node_corrects_what_it_left_live(
+        server: LiveKitServer, node: ServiceProcess) -> None:
+    import os
+    import signal
+
+    info = create_rtmp(server, "cluster-sigkill")
+    publisher = publish_rtmp(info)
+    try:
+        live = wait_status(server, info.ingress_id, S.ENDPOINT_PUBLISHING)
+        assert node.proc is not None
+        os.kill(node.proc.pid, signal.SIGKILL)
+        node.proc.wait(10)
+        node.proc = None
+        assert state_at_server(server, info.ingress_id).status == S.ENDPOINT_PUBLISHING
+    finally:
+        publisher.kill()
+        publisher.wait(10)
+    node.start()
+    corrected = wait_status(server, info.ingress_id, S.ENDPOINT_ERROR, timeout=10)
+    assert corrected.error == "the node restarted while the session was live"
+    assert corrected.resource_id == live.resource_id

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import trio
 from livekit.protocol import ingress as pb
@@ -27,6 +28,7 @@ from api.twirp import TwirpServer
 from relay.wire import WorkerLimits
 
 from .cluster.control import ClusterControlPlane, url_affinity
+from .cluster.journal import LiveJournal
 from .cluster.redis_bus import open_redis_bus
 from .config import Config
 from .http.app import create_app, create_ops_app, record_call
@@ -74,13 +76,16 @@ class NodeCommands:
 
 
 @asynccontextmanager
-async def _open_control_plane(config: Config, registry: SessionRegistry, admission: Admission
+async def _open_control_plane(config: Config, registry: SessionRegistry, admission: Admission,
+                              status: NodeStatus
                               ) -> AsyncIterator[tuple[ControlPlane, IngressStore | None]]:
     """Who owns the ingresses: a LiveKit server on `redis.address` (cluster mode: no
-    store here), or this node's SQLite store (standalone)."""
+    store here, a journal of live sessions), or this node's SQLite store (standalone)."""
     if config.redis.address:
         async with open_redis_bus(config.redis) as bus:
-            yield ClusterControlPlane(bus, registry, partial(url_affinity, admission)), None
+            journal = LiveJournal(Path(config.data_dir) / "cluster-sessions.json")
+            yield ClusterControlPlane(bus, registry, partial(
+                url_affinity, admission, lambda: status.draining), journal), None
     else:
         async with open_sqlite_store(config.store_path) as store:
             yield LocalControlPlane(store), store
@@ -112,7 +117,7 @@ async def serve(config: Config, *, stop: trio.Event | None = None,
     # without ws_url no worker runs: a session is the RTMP front alone (0.4% of a
     # core, docs/PERFORMANCE.md), which cpu_cost does not describe
     admission = Admission(status, config.cpu_cost) if workers else Admission.unlimited()
-    async with _open_control_plane(config, registry, admission) as (control, store), \
+    async with _open_control_plane(config, registry, admission, status) as (control, store), \
             trio.open_nursery() as nursery:
         launch = partial(open_session_worker, limits=WorkerLimits(
             config.worker_memory_limit_mb, config.worker_cpu_time_limit))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -31,8 +32,9 @@ from api.validation import transcoding_enabled
 from relay import psrpc
 
 from ..ingest.admission import Admission
-from ..ingest.control import StateWrite
+from ..ingest.control import RESTARTED, StateWrite
 from ..ingest.registry import SessionRegistry
+from .journal import LiveJournal
 from .redis_bus import RedisBus
 from .rpc import RpcCaller, RpcFailed, Served, serve_rpc
 
@@ -41,9 +43,13 @@ log = logging.getLogger(__name__)
 IO_TIMEOUT = 5.0  # seconds for an IOInfo call (the server answers from Redis)
 
 
-def url_affinity(admission: Admission, info: pb.IngressInfo) -> float:
+def url_affinity(admission: Admission, draining: Callable[[], bool],
+                 info: pb.IngressInfo) -> float:
     """How much this node wants a URL pull: the share of its cores still free after
-    it, or -1 (decline) when it does not fit, so the least loaded node takes it."""
+    it, or -1 (decline) when it does not fit or the node is stopping, so the least
+    loaded node that stays takes it."""
+    if draining():
+        return -1.0
     cost = admission.cost_for("url", transcoding_enabled(info))
     if not admission.admit(cost):
         return -1.0
@@ -55,10 +61,12 @@ class ClusterControlPlane:
     """ControlPlane over psrpc (see the module docstring)."""
 
     def __init__(self, bus: RedisBus, registry: SessionRegistry,
-                 url_affinity: Callable[[pb.IngressInfo], float]) -> None:
+                 url_affinity: Callable[[pb.IngressInfo], float], journal: LiveJournal
+                 ) -> None:
         self._bus = bus
         self._registry = registry
         self._url_affinity = url_affinity
+        self._journal = journal
         self._io = RpcCaller(bus, psrpc.RpcClient("IOInfo", psrpc.new_id("CLI_")))
         self._changes_in, self._changes = trio.open_memory_channel[tuple[str, bool]](math.inf)
         registry.listeners.append(
@@ -78,6 +86,7 @@ class ClusterControlPlane:
         return reply.info if reply.HasField("info") else None
 
     async def update_state(self, ingress_id: str, state: pb.IngressState) -> StateWrite:
+        self._journal.record(ingress_id, state)
         try:
             await self._io.call(psrpc.UPDATE_INGRESS_STATE, psrpc.UpdateIngressStateRequest(
                 ingress_id=ingress_id, state=state), timeout=IO_TIMEOUT)
@@ -93,6 +102,7 @@ class ClusterControlPlane:
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self._io.run)
+            await self._correct_a_killed_run()
 
             async def start_ingress(call: psrpc.Call) -> pb.IngressInfo | psrpc.RpcError:
                 info = call.request.info
@@ -131,6 +141,17 @@ class ClusterControlPlane:
                 if live:
                     handlers[ingress_id] = await nursery.start(
                         self._serve_session, ingress_id, commands)
+
+    async def _correct_a_killed_run(self) -> None:
+        """Report what the previous run left live as over (see journal.py)."""
+        left = self._journal.load()
+        self._journal.clear()
+        for ingress_id, state in left.items():
+            log.warning("session %s of %s was live when this node stopped: %s",
+                        state.resource_id, ingress_id, RESTARTED)
+            state.status, state.error = pb.IngressState.ENDPOINT_ERROR, RESTARTED
+            state.ended_at = state.updated_at = time.time_ns()
+            await self.update_state(ingress_id, state)
 
     async def _serve_session(self, ingress_id: str, commands: SessionCommands, *,
                              task_status: trio.TaskStatus[trio.CancelScope]
