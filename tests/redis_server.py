@@ -12,17 +12,19 @@ from tests.livekit import free_port
 
 
 class RedisServer:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, persistent: bool = False) -> None:
         self.workdir = workdir
+        self.persistent = persistent  # saved on shutdown, loaded on start (a restart)
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=(self.workdir / "redis.log").open("wb"), stderr=subprocess.STDOUT)
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+             "--save", "3600 1" if self.persistent else "", "--appendonly", "no",
+             "--dir", str(self.workdir)],
+            stdout=(self.workdir / "redis.log").open("ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:

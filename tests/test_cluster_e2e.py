@@ -9,6 +9,8 @@ the server, DeleteIngress at the server ends it on our node).
 
 from __future__ import annotations
 
+import contextlib
+import re
 import subprocess
 import threading
 import time
@@ -27,6 +29,15 @@ from tests.service import ServiceProcess, run_asyncio
 pytestmark = pytest.mark.slow
 
 S = lk.IngressState
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """Persistent (saved on shutdown): the restart test takes Redis down and back."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"), persistent=True)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +214,41 @@ def test_after_a_sigkill_the_restarted_node_corrects_what_it_left_live(
     corrected = wait_status(server, info.ingress_id, S.ENDPOINT_ERROR, timeout=10)
     assert corrected.error == "the node restarted while the session was live"
     assert corrected.resource_id == live.resource_id
+
+
+def test_a_redis_restart_keeps_live_sessions_and_the_node_reconnects(
+        server: LiveKitServer, node: ServiceProcess, redis_server: RedisServer) -> None:
+    """Redis goes away for a second under a live RTMP session: the session goes on,
+    the node reconnects by itself, and a DeleteIngress at the server reaches it."""
+    info = create_rtmp(server, "cluster-redis-restart")
+    publisher = publish_rtmp(info)
+    try:
+        live = wait_status(server, info.ingress_id, S.ENDPOINT_PUBLISHING)
+        redis_server.stop()
+        time.sleep(1.0)
+        redis_server.start()
+        deadline = time.monotonic() + 20
+        while True:  # the server reconnects too; its API answers again from Redis
+            try:
+                if state_at_server(server, info.ingress_id).resource_id == live.resource_id:
+                    break
+            except Exception:  # the server's Redis is still coming back
+                pass
+            assert time.monotonic() < deadline, "the server did not come back"
+            time.sleep(0.5)
+        assert publisher.poll() is None
+        assert not re.search(rf"session {live.resource_id} .* ended after", node.log())
+        began = time.monotonic()
+        while f"stopping session {live.resource_id}" not in node.log():
+            if time.monotonic() - began > 15:
+                raise AssertionError("DeleteIngress after the restart did not reach the node")
+            with contextlib.suppress(api.TwirpError):
+                at_server(server, lambda c: c.ingress.delete_ingress(
+                    lk.DeleteIngressRequest(ingress_id=info.ingress_id)))
+            time.sleep(1)
+        # it was a real restart: the server logged its start twice
+        log = (redis_server.workdir / "redis.log").read_text()
+        assert log.count("Ready to accept connections") >= 2
+    finally:
+        publisher.kill()
+        publisher.wait(10)
