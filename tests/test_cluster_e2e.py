@@ -252,3 +252,36 @@ def test_a_redis_restart_keeps_live_sessions_and_the_node_reconnects(
     finally:
         publisher.kill()
         publisher.wait(10)
+
+
+def test_a_whip_ingress_of_the_server_publishes_through_our_node(
+        server: LiveKitServer, node: ServiceProcess) -> None:
+    """WHIP: created at the server (its URL is our node's /w), an aiortc publisher
+    POSTs its offer to that URL; the node looks the key up over psrpc, answers, and
+    the server reads PUBLISHING, then INACTIVE after the publisher's DELETE."""
+    from tests import whip_client
+
+    info = at_server(server, lambda c: c.ingress.create_ingress(lk.CreateIngressRequest(
+        input_type=lk.IngressInput.WHIP_INPUT, name="whip", room_name="cluster-whip",
+        participant_identity="browser")))
+    assert info.url == f"{node.url}/w"
+    states: list[int] = []
+    stop = threading.Event()
+
+    def watch_states() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                states.append(state_at_server(server, info.ingress_id).status)
+            time.sleep(0.3)
+
+    watcher = threading.Thread(target=watch_states)
+    watcher.start()
+    try:
+        result = run_asyncio(whip_client.publish(f"{info.url}/{info.stream_key}",
+                                                 seconds=4))
+    finally:
+        stop.set()
+        watcher.join()
+    assert result.status == 201 and result.connected, result
+    assert S.ENDPOINT_PUBLISHING in states or S.ENDPOINT_BUFFERING in states, states
+    wait_status(server, info.ingress_id, S.ENDPOINT_INACTIVE)
