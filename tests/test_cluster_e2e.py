@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -285,3 +286,25 @@ def test_a_whip_ingress_of_the_server_publishes_through_our_node(
     assert result.status == 201 and result.connected, result
     assert S.ENDPOINT_PUBLISHING in states or S.ENDPOINT_BUFFERING in states, states
     wait_status(server, info.ingress_id, S.ENDPOINT_INACTIVE)
+
+
+def test_the_js_client_at_the_server_sees_a_pull_through_our_node(
+        server: LiveKitServer, node: ServiceProcess, media: MediaServer) -> None:
+    """livekit-server-sdk (npm) talking only to the LiveKit server: a URL ingress it
+    creates is pulled by our node and reads PUBLISHING, then COMPLETE, at the server."""
+    import json
+    import shutil
+
+    js_dir = Path(__file__).parent / "js"
+    node_js = shutil.which("node")
+    if node_js is None or not (js_dir / "node_modules" / "livekit-server-sdk").exists():
+        pytest.fail("node and tests/js/node_modules are required (.ci/run installs them)")
+    proc = subprocess.run([node_js, "cluster_client.mjs", server.url.replace("ws://", "http://"),
+                           API_KEY, API_SECRET, f"{media.base}/clip.mp4", "cluster-js"],
+                          cwd=js_dir, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["info"]["inputType"] == "URL_INPUT"
+    assert out["statuses"][-1] == "ENDPOINT_COMPLETE", out["statuses"]
+    assert "ENDPOINT_PUBLISHING" in out["statuses"], out["statuses"]
+    assert f"URL ingress {out['info']['ingressId']} claimed by this node" in node.log()
