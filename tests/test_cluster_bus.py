@@ -160,3 +160,138 @@ def test_the_live_journal_keeps_live_states_only(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
     path.write_text("{not json")
     assert LiveJournal(path).load() == {}
+
+
+@pytest.fixture(scope="module")
+def sentinel(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[int]:
+    """A real Sentinel (Debian's redis-server in sentinel mode) watching the test Redis
+    as master `relay`: its port."""
+    import socket
+    import subprocess
+    import time
+
+    from tests.livekit import free_port
+
+    workdir = tmp_path_factory.mktemp("sentinel")
+    port = free_port()
+    conf = workdir / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+                    f"sentinel monitor relay 127.0.0.1 {redis_server.port} 1\n")
+    proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
+                            stdout=(workdir / "sentinel.log").open("wb"),
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            assert time.monotonic() < deadline, "sentinel did not start"
+            time.sleep(0.05)
+    yield port
+    proc.terminate()
+    proc.wait(10)
+
+
+async def test_a_call_through_the_master_a_sentinel_names(sentinel: int) -> None:
+    """redis.sentinel_* (LiveKit's keys): the bus finds the master through a real
+    Sentinel and a psrpc call goes through (StartIngress: no livekit-server of this
+    module serves it)."""
+    async def handler(call: psrpc.Call) -> lk.IngressInfo:
+        return lk.IngressInfo(ingress_id=call.request.info.ingress_id, name="via sentinel")
+
+    config = RedisConfig(sentinel_master_name="relay",
+                         sentinel_addresses=(f"127.0.0.1:{sentinel}",))
+    async with open_redis_bus(config) as bus, trio.open_nursery() as nursery:
+        await nursery.start(partial(
+            serve_rpc, bus, psrpc.RpcServer("IngressInternal", psrpc.new_id("SRV_")),
+            [Served(psrpc.START_INGRESS, handler)]))
+        caller = RpcCaller(bus, psrpc.RpcClient("IngressInternal", psrpc.new_id("CLI_")))
+        await nursery.start(caller.run)
+        with trio.fail_after(5):
+            reply = await caller.call(psrpc.START_INGRESS, psrpc.StartIngressRequest(
+                info=lk.IngressInfo(ingress_id="IN_sentinel")))
+        assert (reply.ingress_id, reply.name) == ("IN_sentinel", "via sentinel")
+        nursery.cancel_scope.cancel()
+
+
+def cluster_ports(count: int) -> list[int]:
+    """Free ports whose cluster-bus twins (port + 10000, Redis' rule) are free too."""
+    import random
+    import socket
+
+    def free(port: int) -> bool:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randrange(20000, 40000)
+        if port not in ports and free(port) and free(port + 10000):
+            ports.append(port)
+    return ports
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """A real three-master Redis Cluster (Debian's redis-server and redis-cli)."""
+    import subprocess
+    import time
+
+    workdir = tmp_path_factory.mktemp("redis-cluster")
+    ports = cluster_ports(3)
+    procs = [subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--appendonly", "no", "--cluster-enabled", "yes", "--dir", str(workdir),
+         "--cluster-config-file", f"nodes-{port}.conf"],
+        stdout=(workdir / f"{port}.log").open("wb"), stderr=subprocess.STDOUT)
+        for port in ports]
+    addresses = [f"127.0.0.1:{port}" for port in ports]
+    try:
+        for port in ports:  # each node answers before the cluster is made
+            while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                                 timeout=5).stdout.strip() != b"PONG":
+                time.sleep(0.05)
+        subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas",
+                        "0", "--cluster-yes"], check=True, capture_output=True, timeout=30)
+        deadline = time.monotonic() + 15
+        while b"cluster_state:ok" not in subprocess.run(
+                ["redis-cli", "-p", str(ports[0]), "cluster", "info"],
+                capture_output=True, timeout=5).stdout:
+            assert time.monotonic() < deadline, "the cluster did not come up"
+            time.sleep(0.2)
+        yield addresses
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+
+
+async def test_a_call_through_a_redis_cluster(redis_cluster: list[str]) -> None:
+    """redis.cluster_addresses (LiveKit's key): pub/sub and the queue lock of psrpc
+    over a real three-master Redis Cluster."""
+    seen: list[str] = []
+
+    async def handler(call: psrpc.Call) -> lk.IngressState:
+        seen.append(call.request.ingress_id)
+        return lk.IngressState(status=lk.IngressState.ENDPOINT_INACTIVE)
+
+    config = RedisConfig(cluster_addresses=tuple(redis_cluster[:1]))
+    async with open_redis_bus(config) as bus, trio.open_nursery() as nursery:
+        for _ in range(2):  # a queue method: one of the two takes each request
+            await nursery.start(partial(
+                serve_rpc, bus, psrpc.RpcServer("IngressHandler", psrpc.new_id("SRV_")),
+                [Served(psrpc.DELETE_INGRESS, handler, topic="IN_cluster")]))
+        caller = RpcCaller(bus, psrpc.RpcClient("IngressHandler", psrpc.new_id("CLI_")))
+        await nursery.start(caller.run)
+        with trio.fail_after(5):
+            reply = await caller.call(psrpc.DELETE_INGRESS, lk.DeleteIngressRequest(
+                ingress_id="IN_cluster"), topic="IN_cluster")
+        assert reply.status == lk.IngressState.ENDPOINT_INACTIVE
+        assert seen == ["IN_cluster"]
+        nursery.cancel_scope.cancel()

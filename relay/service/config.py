@@ -119,14 +119,31 @@ class LoggingConfig:
 
 @dataclass(frozen=True)
 class RedisConfig:
-    """`redis.*`, as LiveKit's: with an address the node works for a LiveKit server on
-    that Redis (cluster mode, relay/service/cluster/); without, it is standalone."""
+    """`redis.*`, as LiveKit's: with an address (or Sentinel or cluster addresses) the
+    node works for a LiveKit server on that Redis (cluster mode,
+    relay/service/cluster/); without, it is standalone."""
 
     address: str = ""
     username: str = ""
     password: str = ""
     db: int = 0
     use_tls: bool = False
+    sentinel_master_name: str = ""
+    sentinel_username: str = ""
+    sentinel_password: str = ""
+    sentinel_addresses: tuple[str, ...] = ()
+    cluster_addresses: tuple[str, ...] = ()
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.address or self.sentinel_addresses or self.cluster_addresses)
+
+    def describe(self) -> str:
+        if self.sentinel_addresses:
+            return f"sentinel {self.sentinel_master_name} at {','.join(self.sentinel_addresses)}"
+        if self.cluster_addresses:
+            return f"cluster at {','.join(self.cluster_addresses)}"
+        return self.address
 
 
 @dataclass(frozen=True)
@@ -204,6 +221,11 @@ _UNSUPPORTED = {
 
 
 def _coerce(key: str, value: Any, kind: Any) -> Any:
+    if kind == "tuple[str, ...]":  # a YAML list, or "a,b" from the environment
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return tuple(i.strip() for i in items if i.strip())
     kind = {"int": int, "float": float, "str": str, "bool": bool}.get(kind, kind)
     if kind is bool:
         if isinstance(value, bool):
@@ -327,6 +349,10 @@ def _check(config: Config) -> None:
     if 0 < config.worker_memory_limit_mb < 512:
         raise ConfigError(f"worker_memory_limit_mb: {config.worker_memory_limit_mb} is below "
                           "512; a session worker maps ~1.4 GiB (0 turns the limit off)")
+    if config.redis.sentinel_addresses and not config.redis.sentinel_master_name:
+        raise ConfigError("redis.sentinel_addresses needs redis.sentinel_master_name")
+    if config.redis.cluster_addresses and config.redis.db:
+        raise ConfigError("redis.db: a Redis cluster has only database 0")
     if config.http_max_connections < 1:
         raise ConfigError(f"http_max_connections: {config.http_max_connections} is below 1")
     for name in ("rtmp_handshake_timeout", "rtmp_idle_timeout", "http_request_timeout"):

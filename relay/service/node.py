@@ -79,9 +79,9 @@ class NodeCommands:
 async def _open_control_plane(config: Config, registry: SessionRegistry, admission: Admission,
                               status: NodeStatus
                               ) -> AsyncIterator[tuple[ControlPlane, IngressStore | None]]:
-    """Who owns the ingresses: a LiveKit server on `redis.address` (cluster mode: no
+    """Who owns the ingresses: a LiveKit server on `redis` (cluster mode: no
     store here, a journal of live sessions), or this node's SQLite store (standalone)."""
-    if config.redis.address:
+    if config.redis.configured:
         async with open_redis_bus(config.redis) as bus:
             journal = LiveJournal(Path(config.data_dir) / "cluster-sessions.json")
             yield ClusterControlPlane(bus, registry, partial(
@@ -177,7 +177,7 @@ async def serve(config: Config, *, stop: trio.Event | None = None,
         bound = Bound(http, health, prometheus, rtmp, rtmps)
         parts = [f"api {http}"] + [f"{name} {addr}" for name, addr in
                                    (("rtmp", rtmp), ("rtmps", rtmps)) if addr]
-        where = (f"worker of the LiveKit server on redis {config.redis.address}"
+        where = (f"worker of the LiveKit server on redis {config.redis.describe()}"
                  if store is None else f"store {config.store_path}")
         log.info("ingress service ready: %s, %s", ", ".join(parts), where)
         task_status.started(bound)

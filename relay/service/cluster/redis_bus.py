@@ -26,8 +26,11 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis
+import redis.cluster
+import redis.sentinel
 import trio
 
 from ..config import RedisConfig
@@ -39,13 +42,32 @@ RETRY_PAUSES = (0.1, 0.2, 0.5, 1.0, 2.0)  # after a lost connection, then 2 s ea
 SUBSCRIPTION_BUFFER = 256  # messages held per subscription before the reader waits
 
 
+def _host_port(address: str, default_port: int = 6379) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port or default_port)
+
+
 def redis_client(config: RedisConfig) -> redis.Redis:
-    """A client of `config`'s Redis (one node: Sentinel and cluster are not wired yet)."""
-    host, _, port = config.address.rpartition(":")
-    return redis.Redis(host=host.strip("[]") or "127.0.0.1", port=int(port or 6379),
-                       db=config.db, username=config.username or None,
-                       password=config.password or None, ssl=config.use_tls,
-                       socket_connect_timeout=5, health_check_interval=10)
+    """A client of `config`'s Redis: one node, the master a Sentinel names, or a
+    cluster (as LiveKit's go-redis UniversalClient picks from the same keys)."""
+    common: dict[str, Any] = {"username": config.username or None,
+                              "password": config.password or None, "ssl": config.use_tls,
+                              "socket_connect_timeout": 5}
+    if config.sentinel_addresses:
+        sentinel = redis.sentinel.Sentinel(
+            [_host_port(a, 26379) for a in config.sentinel_addresses],
+            sentinel_kwargs={"username": config.sentinel_username or None,
+                             "password": config.sentinel_password or None,
+                             "socket_connect_timeout": 5},
+            **common)
+        return sentinel.master_for(config.sentinel_master_name, db=config.db,
+                                   health_check_interval=10)
+    if config.cluster_addresses:
+        nodes = [redis.cluster.ClusterNode(*_host_port(a)) for a in config.cluster_addresses]
+        return redis.cluster.RedisCluster(startup_nodes=nodes, **common)  # type: ignore[return-value]
+    host, port = _host_port(config.address)
+    return redis.Redis(host=host, port=port, db=config.db, health_check_interval=10,
+                       **common)
 
 
 class RedisBus:
@@ -179,7 +201,7 @@ async def open_redis_bus(config: RedisConfig) -> AsyncIterator[RedisBus]:
     client = redis_client(config)
     began = time.monotonic()
     await trio.to_thread.run_sync(client.ping)
-    log.info("redis bus: connected to %s in %.0f ms", config.address,
+    log.info("redis bus: connected to %s in %.0f ms", config.describe(),
              (time.monotonic() - began) * 1000)
     bus = RedisBus(client, trio.lowlevel.current_trio_token())
     bus._start()
