@@ -308,3 +308,72 @@ def test_the_js_client_at_the_server_sees_a_pull_through_our_node(
     assert out["statuses"][-1] == "ENDPOINT_COMPLETE", out["statuses"]
     assert "ENDPOINT_PUBLISHING" in out["statuses"], out["statuses"]
     assert f"URL ingress {out['info']['ingressId']} claimed by this node" in node.log()
+
+
+def participants(server: LiveKitServer, room: str) -> list[str]:
+    from livekit.protocol import room as rooms
+
+    reply = at_server(server, lambda c: c.room.list_participants(
+        rooms.ListParticipantsRequest(room=room)))
+    return [p.identity for p in reply.participants]
+
+
+def test_input_stats_active_list_update_and_reuse_through_the_server(
+        server: LiveKitServer, node: ServiceProcess, redis_server: RedisServer) -> None:
+    """The server's ListIngress shows the input's size while live; ListActiveIngress
+    (psrpc multi) finds the session on our node; UpdateIngress at the server takes the
+    participant out within 2 s; the ingress is reusable by the next publish."""
+    import trio
+
+    from relay import psrpc
+    from relay.service.cluster.redis_bus import open_redis_bus
+    from relay.service.cluster.rpc import RpcCaller
+    from relay.service.config import RedisConfig
+
+    room = "cluster-update"
+    info = create_rtmp(server, room)
+    publisher = publish_rtmp(info)
+    try:
+        live = wait_status(server, info.ingress_id, S.ENDPOINT_PUBLISHING)
+        deadline = time.monotonic() + 15
+        while (state := state_at_server(server, info.ingress_id)).video.width == 0:
+            assert time.monotonic() < deadline, state
+            time.sleep(0.5)
+        assert (state.video.width, state.video.height) == (640, 360)
+
+        async def active() -> list[Any]:
+            async with open_redis_bus(RedisConfig(address=redis_server.address)) as bus, \
+                    trio.open_nursery() as nursery:
+                caller = RpcCaller(bus, psrpc.RpcClient("IngressInternal",
+                                                        psrpc.new_id("CLI_")))
+                await nursery.start(caller.run)
+                answers = await caller.call_all(psrpc.LIST_ACTIVE_INGRESS,
+                                                psrpc.ListActiveIngressRequest())
+                nursery.cancel_scope.cancel()
+                return answers
+
+        answers = trio.run(active)
+        sessions = [(s.ingress_id, s.resource_id) for a in answers for s in a.ingress_sessions]
+        assert (info.ingress_id, live.resource_id) in sessions
+
+        deadline = time.monotonic() + 10
+        while "encoder" not in participants(server, room):
+            assert time.monotonic() < deadline, "the ingress never joined its room"
+            time.sleep(0.2)
+        at_server(server, lambda c: c.ingress.update_ingress(lk.UpdateIngressRequest(
+            ingress_id=info.ingress_id, name="renamed")))
+        began = time.monotonic()
+        while "encoder" in participants(server, room):
+            assert time.monotonic() - began < 2, "the participant stayed after UpdateIngress"
+            time.sleep(0.1)
+    finally:
+        publisher.kill()
+        publisher.wait(10)
+    wait_status(server, info.ingress_id, S.ENDPOINT_INACTIVE)
+    again = publish_rtmp(info)  # the same stream key: a reusable ingress
+    try:
+        second = wait_status(server, info.ingress_id, S.ENDPOINT_PUBLISHING)
+        assert second.resource_id != live.resource_id
+    finally:
+        again.kill()
+        again.wait(10)

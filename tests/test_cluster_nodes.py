@@ -47,7 +47,7 @@ def nodes(server: LiveKitServer, redis_server: RedisServer,
     procs = [ServiceProcess(tmp_path_factory.mktemp(f"node{i}"), api_key=API_KEY,
                             api_secret=API_SECRET, ws_url=server.url,
                             redis={"address": redis_server.address},
-                            url_allow_private_addresses=True,
+                            url_allow_private_addresses=True, rtmp_port=0,
                             cpu_cost={"url_cpu_cost": URL_COST, "min_idle_ratio": 0})
              for i in range(2)]
     for proc in procs:
@@ -90,6 +90,43 @@ def test_two_pulls_go_to_two_nodes(server: LiveKitServer, nodes: list[ServicePro
     for info in (first, second):
         at_server(server, lambda c, i=info: c.ingress.delete_ingress(
             lk.DeleteIngressRequest(ingress_id=i.ingress_id)))
+
+
+def test_any_node_takes_any_stream_key(server: LiveKitServer,
+                                      nodes: list[ServiceProcess]) -> None:
+    """One RTMP ingress of the server, published to each node in turn (as behind one
+    address): each looks the key up at the server and publishes."""
+    from tests.test_cluster_e2e import create_rtmp, publish_rtmp
+
+    info = create_rtmp(server, "any-node")
+    seen = []
+    for node in nodes:
+        target = lk.IngressInfo()
+        target.CopyFrom(info)
+        target.url = f"rtmp://{node.rtmp_addr}/x"
+        publisher = publish_rtmp(target)
+        try:
+            live = wait_status(server, info.ingress_id, lk.IngressState.ENDPOINT_PUBLISHING)
+            assert f"session {live.resource_id} of {info.ingress_id}" in node.log()
+            seen.append(live.resource_id)
+        finally:
+            publisher.kill()
+            publisher.wait(10)
+        wait_status(server, info.ingress_id, lk.IngressState.ENDPOINT_INACTIVE)
+    assert len(set(seen)) == 2
+
+
+def test_with_one_node_full_the_other_takes_the_pull(
+        server: LiveKitServer, nodes: list[ServiceProcess], media: MediaServer) -> None:
+    full = nodes[0]  # a pull now declares more than this node has: it declines
+    full.stop()
+    full.config["cpu_cost"] = {"url_cpu_cost": 3.0, "min_idle_ratio": 0}
+    full.start()
+    info = create_pull(server, f"{media.base}/long.mp4", "one-full")
+    wait_status(server, info.ingress_id, lk.IngressState.ENDPOINT_PUBLISHING)
+    assert claimed_by(nodes, info.ingress_id) == [1]
+    at_server(server, lambda c: c.ingress.delete_ingress(
+        lk.DeleteIngressRequest(ingress_id=info.ingress_id)))
 
 
 def test_when_no_node_has_room_the_client_gets_a_clear_error(

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 from google.protobuf.message import Message
@@ -113,7 +114,7 @@ class RpcCaller:
     def __init__(self, bus: RedisBus, client: psrpc.RpcClient) -> None:
         self._bus = bus
         self._client = client
-        self._waiting: dict[str, trio.MemorySendChannel[psrpc.Result]] = {}
+        self._waiting: dict[str, trio.MemorySendChannel[Any]] = {}
 
     async def call(self, method: psrpc.Method, request: Message, *,
                    topic: str | Sequence[str] = (), timeout: float | None = None) -> Message:
@@ -134,11 +135,30 @@ class RpcCaller:
         assert result.response is not None
         return result.response
 
+    async def call_all(self, method: psrpc.Method, request: Message, *,
+                       timeout: float = 1.0) -> list[Message]:
+        """A multi method (ListActiveIngress): every server's answer within `timeout`
+        (errors left out)."""
+        send, receive = trio.open_memory_channel[psrpc.ClientEvent](math.inf)
+        request_id, actions = self._client.request(method, request, time.time_ns(),
+                                                   timeout_ns=int(timeout * 1e9))
+        self._waiting[request_id] = send
+        answers: list[Message] = []
+        try:
+            await self._perform(actions)
+            while not isinstance(event := await receive.receive(), psrpc.MultiDone):
+                if isinstance(event, psrpc.MultiReply) and event.response is not None:
+                    answers.append(event.response)
+        finally:
+            self._waiting.pop(request_id, None)
+            self._client.cancel(request_id)
+        return answers
+
     async def _perform(self, events: Sequence[psrpc.ClientEvent]) -> None:
         for event in events:
             if isinstance(event, psrpc.Publish):
                 await self._bus.publish(event.channel, event.payload)
-            elif isinstance(event, psrpc.Result):
+            elif isinstance(event, psrpc.Result | psrpc.MultiReply | psrpc.MultiDone):
                 waiter = self._waiting.get(event.request_id)
                 if waiter is not None:
                     waiter.send_nowait(event)
