@@ -154,12 +154,17 @@ def test_an_rtmp_ingress_of_the_server_publishes_through_our_node(
     try:
         live = wait_status(server, info.ingress_id, S.ENDPOINT_PUBLISHING)
         assert live.resource_id.startswith("RT_")
+        deadline = time.monotonic() + 10
+        while "encoder" not in participants(server, "cluster-rtmp"):
+            assert time.monotonic() < deadline, "the ingress never joined its room"
+            time.sleep(0.2)
         began = time.monotonic()
         at_server(server, lambda c: c.ingress.delete_ingress(
             lk.DeleteIngressRequest(ingress_id=info.ingress_id)))
-        while f"stopping session {live.resource_id}" not in node.log():
-            assert time.monotonic() - began < 5, "DeleteIngress did not reach the node"
+        while "encoder" in participants(server, "cluster-rtmp"):
+            assert time.monotonic() - began < 2, "the participant stayed after DeleteIngress"
             time.sleep(0.1)
+        assert f"stopping session {live.resource_id}" in node.log()
     finally:
         publisher.kill()
         publisher.wait(10)
