@@ -139,8 +139,8 @@ class ClusterControlPlane:
                 if old is not None:
                     old.cancel()
                 if live:
-                    handlers[ingress_id] = await nursery.start(
-                        self._serve_session, ingress_id, commands)
+                    handlers[ingress_id] = scope = trio.CancelScope()
+                    await nursery.start(self._serve_session, ingress_id, commands, scope)
 
     async def _correct_a_killed_run(self) -> None:
         """Report what the previous run left live as over (see journal.py)."""
@@ -153,10 +153,12 @@ class ClusterControlPlane:
             state.ended_at = state.updated_at = time.time_ns()
             await self.update_state(ingress_id, state)
 
-    async def _serve_session(self, ingress_id: str, commands: SessionCommands, *,
-                             task_status: trio.TaskStatus[trio.CancelScope]
-                             = trio.TASK_STATUS_IGNORED) -> None:
-        """IngressHandler calls on the topic of one live session, while it lives."""
+    async def _serve_session(self, ingress_id: str, commands: SessionCommands,
+                             scope: trio.CancelScope, *,
+                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                             ) -> None:
+        """IngressHandler calls on the topic of one live session, until `scope` is
+        cancelled (the session ended); started once the topic is subscribed."""
 
         def stopping(reason: str) -> Callable[[psrpc.Call], object]:
             async def handler(call: psrpc.Call) -> pb.IngressState:
@@ -165,20 +167,9 @@ class ClusterControlPlane:
 
             return handler
 
-        with trio.CancelScope() as scope:
+        with scope:
             await serve_rpc(
                 self._bus, psrpc.RpcServer("IngressHandler", psrpc.new_id("SRV_")),
                 [Served(psrpc.UPDATE_INGRESS, stopping("ingress updated"), topic=ingress_id),
                  Served(psrpc.DELETE_INGRESS, stopping("ingress deleted"), topic=ingress_id)],
-                task_status=_started_with(task_status, scope))
-
-
-def _started_with(task_status: trio.TaskStatus[trio.CancelScope], scope: trio.CancelScope
-                  ) -> trio.TaskStatus[None]:
-    """A task status that reports `scope` when the task it is given reports started."""
-
-    class _Status:
-        def started(self, value: None = None) -> None:
-            task_status.started(scope)
-
-    return _Status()  # type: ignore[return-value]
+                task_status=task_status)
