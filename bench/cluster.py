@@ -43,7 +43,7 @@ from relay import psrpc
 from relay.service.cluster.redis_bus import open_redis_bus
 from relay.service.cluster.rpc import RpcCaller, RpcFailed, Served, serve_rpc
 from relay.service.config import RedisConfig
-from tests.livekit import API_KEY, API_SECRET, LiveKitServer, free_port, watch
+from tests.livekit import API_KEY, API_SECRET, LiveKitServer, cluster_config, free_port, watch
 from tests.media_http import serve_media
 from tests.redis_server import RedisServer
 from tests.service import ServiceProcess
@@ -179,13 +179,9 @@ def main() -> None:
         redis_server = RedisServer(work)
         redis_server.start()
         node_http = free_port()
-        livekit = LiveKitServer(work, extra_config=f"""
-redis:
-  address: {redis_server.address}
-ingress:
-  rtmp_base_url: rtmp://127.0.0.1:1935/x
-  whip_base_url: http://127.0.0.1:{node_http}/w
-""")
+        livekit = LiveKitServer(work, extra_config=cluster_config(
+            redis_server.address, http_port=node_http))
+
         livekit.start()
         media = work / "media"
         media.mkdir()

@@ -31,6 +31,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cluster_config(redis_address: str, rtmp_port: int = 1935, http_port: int = 8080) -> str:
+    """The YAML that makes a livekit-server keep ingresses in Redis and serve the
+    Ingress API for its ingress workers (our nodes in cluster mode)."""
+    return f"""
+redis:
+  address: {redis_address}
+ingress:
+  rtmp_base_url: rtmp://127.0.0.1:{rtmp_port}/x
+  whip_base_url: http://127.0.0.1:{http_port}/w
+"""
+
+
 class LiveKitServer:
     def __init__(self, workdir: Path, extra_config: str = "") -> None:
         self.workdir = workdir

@@ -23,7 +23,7 @@ from relay import psrpc
 from relay.service.cluster.redis_bus import RedisBus, open_redis_bus
 from relay.service.cluster.rpc import RpcCaller, RpcFailed, Served, serve_rpc
 from relay.service.config import RedisConfig
-from tests.livekit import API_KEY, API_SECRET, LiveKitServer
+from tests.livekit import API_KEY, API_SECRET, LiveKitServer, cluster_config
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -90,13 +90,8 @@ def cluster_livekit(redis_server: RedisServer, tmp_path_factory: pytest.TempPath
                     ) -> Iterator[LiveKitServer]:
     """livekit-server 1.13.5 on the test Redis, with an ingress block: its Ingress API
     answers CreateIngress itself and starts URL pulls over psrpc."""
-    server = LiveKitServer(tmp_path_factory.mktemp("livekit-cluster"), extra_config=f"""
-redis:
-  address: {redis_server.address}
-ingress:
-  rtmp_base_url: rtmp://127.0.0.1:1935/x
-  whip_base_url: http://127.0.0.1:8080/w
-""")
+    server = LiveKitServer(tmp_path_factory.mktemp("livekit-cluster"),
+                           extra_config=cluster_config(redis_server.address))
     server.start()
     yield server
     server.stop()

@@ -22,7 +22,15 @@ import pytest
 from livekit import api
 from livekit.protocol import ingress as lk
 
-from tests.livekit import API_KEY, API_SECRET, LiveKitServer, Seen, free_port, watch
+from tests.livekit import (
+    API_KEY,
+    API_SECRET,
+    LiveKitServer,
+    Seen,
+    cluster_config,
+    free_port,
+    watch,
+)
 from tests.media_http import MediaServer, serve_media
 from tests.redis_server import RedisServer
 from tests.service import ServiceProcess, run_asyncio
@@ -50,13 +58,9 @@ def node_ports() -> tuple[int, int]:
 def server(redis_server: RedisServer, node_ports: tuple[int, int],
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
     rtmp_port, http_port = node_ports
-    livekit = LiveKitServer(tmp_path_factory.mktemp("livekit-cluster"), extra_config=f"""
-redis:
-  address: {redis_server.address}
-ingress:
-  rtmp_base_url: rtmp://127.0.0.1:{rtmp_port}/x
-  whip_base_url: http://127.0.0.1:{http_port}/w
-""")
+    livekit = LiveKitServer(tmp_path_factory.mktemp("livekit-cluster"),
+                            extra_config=cluster_config(redis_server.address, rtmp_port,
+                                                        http_port))
     livekit.start()
     yield livekit
     livekit.stop()

@@ -15,7 +15,7 @@ import pytest
 from livekit import api
 from livekit.protocol import ingress as lk
 
-from tests.livekit import API_KEY, API_SECRET, LiveKitServer
+from tests.livekit import API_KEY, API_SECRET, LiveKitServer, cluster_config
 from tests.media_http import MediaServer, serve_media
 from tests.redis_server import RedisServer
 from tests.service import ServiceProcess
@@ -29,13 +29,8 @@ URL_COST = 0.6  # cores a pull declares: two fit in this machine's 2 cores, not 
 @pytest.fixture(scope="module")
 def server(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[LiveKitServer]:
-    livekit = LiveKitServer(tmp_path_factory.mktemp("livekit-nodes"), extra_config=f"""
-redis:
-  address: {redis_server.address}
-ingress:
-  rtmp_base_url: rtmp://127.0.0.1:1935/x
-  whip_base_url: http://127.0.0.1:8080/w
-""")
+    livekit = LiveKitServer(tmp_path_factory.mktemp("livekit-nodes"),
+                            extra_config=cluster_config(redis_server.address))
     livekit.start()
     yield livekit
     livekit.stop()
