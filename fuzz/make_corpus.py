@@ -3,7 +3,8 @@
 Seeds are slices of the ffmpeg/PyAV captures plus a few hand-built messages for paths
 those publishers never take (aggregate messages, AMF3, pings, multitrack, ModEx...),
 for the egress gate's request parser the requests FFmpeg and the urllib probe send, and
-for the psrpc core the Redis messages its fixed exchange meets.
+for the psrpc core the Redis messages its fixed exchange meets, for the LiveKit signalling
+core the SignalResponses a publisher meets.
 Crashers and merged fuzzer finds live beside them under other names and are kept.
 Run: ``python fuzz/make_corpus.py`` (deterministic; rewrites only ``seed-*`` files).
 """
@@ -18,10 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import CORPUS, HANDSHAKE_LEN, DetRandom, capture
 from fuzz_flv import FLV_HEADER, flv_tag
+from fuzz_lksignal import CID, PING_MS, join_response, published, response
+from fuzz_lksignal import MODES as LKSIGNAL_MODES
 from fuzz_proxy import MODES as PROXY_MODES
 from fuzz_psrpc import CLIENT_ID, NOW, RID, SERVER_ID, T0
 from fuzz_psrpc import MODES as PSRPC_MODES
 from fuzz_session import PUBLISH_END
+from livekit.protocol import models, rtc
 
 import rtmp
 from relay import psrpc
@@ -263,6 +267,45 @@ def psrpc_seeds() -> dict[str, bytes]:
     }
 
 
+def lksignal_seeds() -> dict[str, bytes]:
+    """SignalResponses a publisher meets: the join, an answer, a trickle, v0's
+    TrackPublished, a leave, a pong echoing the setup's ping, a refreshed token, and a
+    few in one input (bits 2-3 of byte 0: messages - 1, 2-byte lengths before all but
+    the last)."""
+    mode = {name: i for i, name in enumerate(LKSIGNAL_MODES)}
+
+    def one(name: str, message: bytes) -> bytes:
+        return bytes([mode[name]]) + message
+
+    def several(name: str, *messages: bytes) -> bytes:
+        head = b"".join(len(m).to_bytes(2, "big") + m for m in messages[:-1])
+        return bytes([mode[name] | (len(messages) - 1) << 2]) + head + messages[-1]
+
+    candidate = ('{"candidate": "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host", '
+                 '"sdpMid": "0", "sdpMLineIndex": 0}')
+    answer = response(answer=rtc.SessionDescription(
+        type="answer", sdp="v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n", id=1))
+    trickle = response(trickle=rtc.TrickleRequest(
+        candidateInit=candidate, target=rtc.SignalTarget.PUBLISHER))
+    leave = response(leave=rtc.LeaveRequest(
+        can_reconnect=True, reason=models.DisconnectReason.SERVER_SHUTDOWN,
+        action=rtc.LeaveRequest.Action.RESUME))
+    pong = response(pong_resp=rtc.Pong(last_ping_timestamp=PING_MS, timestamp=1_780_000_000_000))
+    return {
+        "join": one("before-join", join_response()),
+        "answer": one("joined", answer),
+        "trickle": one("joined", trickle),
+        "track-published-v0": one("track-added", published(CID)),
+        "leave": one("joined", leave),
+        "pong-resp": one("joined", pong),
+        "refresh-token": one("joined", response(refresh_token="eyJhbGciOiJIUzI1NiJ9.e30.x")),
+        "after-leave-answer": one("left", answer),
+        "join-trickle-leave": several("before-join", join_response(), trickle, leave),
+        "published-pong-answer-v0": several("track-added", published(CID), pong, answer,
+                                            published(CID)),
+    }
+
+
 def write(harness: str, seeds: dict[str, bytes]) -> None:
     folder = CORPUS / harness
     folder.mkdir(parents=True, exist_ok=True)
@@ -279,6 +322,7 @@ def main() -> None:
     write("flv", flv_seeds())
     write("proxy", proxy_seeds())
     write("psrpc", psrpc_seeds())
+    write("lksignal", lksignal_seeds())
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ only invalid_argument from validation, a redaction that never raises, only SrtEr
 from the SRT URL parser; for the egress gate's request parser (proxy) only
 ProxyRequestError, whole == re-split, clean forwarded heads, the buffer's bound; for the
 psrpc core (psrpc) only PsrpcProtocolError, valid own messages, every request ended
-once, nothing left at the end of time, the objects still usable.
+once, nothing left at the end of time, the objects still usable; for the LiveKit
+signalling core (lksignal) only SignalProtocolError leaving the client as it was, sane
+events of the documented types, the pending bound, the client still usable.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ sys.path.insert(0, str(FUZZ))
 
 import fuzz_flv  # noqa: E402
 import fuzz_http  # noqa: E402
+import fuzz_lksignal  # noqa: E402
 import fuzz_proxy  # noqa: E402
 import fuzz_psrpc  # noqa: E402
 import fuzz_sdp  # noqa: E402
@@ -33,7 +36,7 @@ import fuzz_url  # noqa: E402
 
 HARNESSES: dict[str, ModuleType] = {"session": fuzz_session, "flv": fuzz_flv, "sdp": fuzz_sdp,
                                     "url": fuzz_url, "http": fuzz_http, "proxy": fuzz_proxy,
-                                    "psrpc": fuzz_psrpc}
+                                    "psrpc": fuzz_psrpc, "lksignal": fuzz_lksignal}
 CASES = [
     pytest.param(name, path, id=f"{name}/{path.name}")
     for name in HARNESSES

@@ -353,7 +353,7 @@ def _name(enum_type: object, value: int) -> str:
 def _json_object(text: str, error: type[Exception]) -> None:
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep for json
         raise error(f"candidate is not JSON: {text[:80]!r}") from None
     if not isinstance(value, dict):
         raise error(f"candidate is not a JSON object: {text[:80]!r}")
