@@ -152,6 +152,12 @@ def test_the_live_journal_keeps_live_states_only(tmp_path: Path) -> None:
     journal.record("IN_b", lk.IngressState(status=lk.IngressState.ENDPOINT_BUFFERING))
     journal.record("IN_b", lk.IngressState(status=lk.IngressState.ENDPOINT_INACTIVE))
     assert LiveJournal(path).load() == {"IN_a": live}
+    written = path.read_bytes()
+    refreshed = lk.IngressState()
+    refreshed.CopyFrom(live)
+    refreshed.video.width = 640  # the input statistics of a live session, refreshed
+    journal.record("IN_a", refreshed)
+    assert path.read_bytes() == written  # the same session: nothing rewritten
     assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
     path.write_text("{not json")
     assert LiveJournal(path).load() == {}

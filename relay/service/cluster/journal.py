@@ -39,11 +39,16 @@ class LiveJournal:
             return {}
 
     def record(self, ingress_id: str, state: pb.IngressState) -> None:
-        """Note a reported state: live ones are kept, any other ends the entry."""
+        """Note a reported state: live ones are kept, any other ends the entry. The
+        file is rewritten only when what the correction needs changes (the session and
+        its status), not for every refresh of a live session's input statistics."""
         if state.status in ACTIVE:
+            old = self._live.get(ingress_id)
             kept = pb.IngressState()
             kept.CopyFrom(state)
             self._live[ingress_id] = kept
+            if old is not None and _session_of(old) == _session_of(state):
+                return
         elif self._live.pop(ingress_id, None) is None:
             return
         self._write()
@@ -61,3 +66,7 @@ class LiveJournal:
         with os.fdopen(fd, "w") as out:
             json.dump(data, out)
         os.replace(temporary, self.path)
+
+
+def _session_of(state: pb.IngressState) -> tuple[int, str, int]:
+    return state.status, state.resource_id, state.started_at
