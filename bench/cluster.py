@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from functools import partial
@@ -39,15 +38,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from livekit.protocol import ingress as lk
 
+from bench.rtmp import cpu_seconds
+from bench.url import time_to_first_frame
 from relay import psrpc
 from relay.service.cluster.redis_bus import open_redis_bus
 from relay.service.cluster.rpc import RpcCaller, RpcFailed, Served, serve_rpc
 from relay.service.config import RedisConfig
-from tests.livekit import API_KEY, API_SECRET, LiveKitServer, cluster_config, free_port, watch
+from tests.livekit import API_KEY, API_SECRET, LiveKitServer, cluster_config, free_port
 from tests.media_http import serve_media
 from tests.redis_server import RedisServer
 from tests.service import ServiceProcess
 from tests.test_cluster_e2e import at_server
+from tests.test_cluster_nodes import create_pull
 
 CAPACITY = 12  # pulls a simulated worker holds
 
@@ -57,29 +59,11 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
 
 
-def create_pull(server: LiveKitServer, url: str, room: str) -> lk.IngressInfo:
-    return at_server(server, lambda c: c.ingress.create_ingress(lk.CreateIngressRequest(
-        input_type=lk.IngressInput.URL_INPUT, url=url, name=room, room_name=room,
-        participant_identity="puller")))
-
-
 def first_frame(server: LiveKitServer, url: str, room: str) -> float | None:
-    seen: list[Any] = []
-    viewer = threading.Thread(target=lambda: seen.append(watch(server.url, room, 12.0)))
-    viewer.start()
-    time.sleep(3.0)  # the viewer's process has joined the room
-    called = time.monotonic()
-    info = create_pull(server, url, room)
-    viewer.join()
-    at_server(server, lambda c: c.ingress.delete_ingress(
-        lk.DeleteIngressRequest(ingress_id=info.ingress_id)))
-    times = seen[0].video_times if seen else []
-    return times[0] - called if times else None
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks
+    return time_to_first_frame(
+        server.url, room, lambda: create_pull(server, url, room),
+        lambda info: at_server(server, lambda c: c.ingress.delete_ingress(
+            lk.DeleteIngressRequest(ingress_id=info.ingress_id))))
 
 
 def commands_per_second(client: redis.Redis, seconds: float) -> tuple[float, float]:

@@ -35,7 +35,6 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -47,6 +46,8 @@ import rtmp
 from rtmp._handshake import client_c2, client_hello
 from tests.livekit import API_KEY, API_SECRET, LiveKitServer
 from tests.service import ServiceProcess
+from tests.test_rtmp_ingest import create, state, wait_state
+from tests.test_rtmp_preauth import AnswerGaps
 
 FPS = 30
 IDLE_RTMP = 500
@@ -55,21 +56,22 @@ SLOWLORIS_HTTP = 500
 
 class Watch:
     """Two looks at the node from outside, each in its own thread: the lag gauge it
-    reports, and the gaps between answers to back-to-back `GET /`."""
+    reports, and the gaps between answers to back-to-back `GET /` (AnswerGaps)."""
 
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
         self.worst_lag = 0.0
-        self.longest_gap = 0.0
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._lag, daemon=True),
-                         threading.Thread(target=self._gaps, daemon=True)]
-        for thread in self._threads:
-            thread.start()
+        self._gaps = AnswerGaps(base_url).__enter__()
+        threading.Thread(target=self._lag, daemon=True).start()
+
+    @property
+    def longest_gap(self) -> float:
+        return self._gaps.longest
 
     def reset(self) -> None:
         time.sleep(10.5)  # the gauge covers the last 10 s: let the previous phase leave it
-        self.worst_lag = self.longest_gap = 0.0
+        self.worst_lag = self._gaps.longest = 0.0
 
     def _lag(self) -> None:
         pattern = re.compile(r"^ingress_relay_event_loop_lag_worst_seconds (\S+)$", re.M)
@@ -80,27 +82,9 @@ class Watch:
                 self.worst_lag = max(self.worst_lag, float(match.group(1)))
             time.sleep(0.5)
 
-    def _gaps(self) -> None:
-        import http.client
-
-        host, port = self.base_url.removeprefix("http://").rsplit(":", 1)
-        conn = http.client.HTTPConnection(host, int(port), timeout=10)
-        last = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                conn.request("GET", "/")
-                conn.getresponse().read()
-            except (OSError, http.client.HTTPException):
-                if self._stop.is_set():
-                    return
-                raise
-            now = time.monotonic()
-            self.longest_gap = max(self.longest_gap, now - last)
-            last = now
-            time.sleep(0.005)
-
     def close(self) -> None:
         self._stop.set()
+        self._gaps.__exit__(None, None, None)
 
 
 def publisher(addr: str, key: str, seconds: float) -> subprocess.Popen[bytes]:
@@ -111,31 +95,6 @@ def publisher(addr: str, key: str, seconds: float) -> subprocess.Popen[bytes]:
          "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-pix_fmt",
          "yuv420p", "-g", "60", "-bf", "0", "-b:v", "800k", "-c:a", "aac", "-b:a", "96k",
          "-f", "flv", f"rtmp://{addr}/live/{key}"], stderr=subprocess.PIPE)
-
-
-def create(svc: ServiceProcess, name: str) -> pb.IngressInfo:
-    async def call(client: Any) -> pb.IngressInfo:
-        return await client.create_ingress(pb.CreateIngressRequest(
-            input_type=pb.IngressInput.RTMP_INPUT, name=name, room_name="hardening",
-            participant_identity=name))
-
-    return svc.api(call)
-
-
-def state(svc: ServiceProcess, ingress_id: str) -> pb.IngressState:
-    async def call(client: Any) -> pb.IngressState:
-        reply = await client.list_ingress(pb.ListIngressRequest(ingress_id=ingress_id))
-        return reply.items[0].state
-
-    return svc.api(call)
-
-
-def wait_status(svc: ServiceProcess, ingress_id: str, status: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while state(svc, ingress_id).status != status:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{ingress_id} never reached {pb.IngressState.Status.Name(status)}")
-        time.sleep(0.2)
 
 
 # -- the hostile peers ------------------------------------------------------------------
@@ -266,10 +225,11 @@ def run(svc: ServiceProcess, phase: float, *, control: bool = False) -> None:
     http_addr = (http_host, int(http_port))
     # the two publishers outlast the three phases (each preceded by the 10.5 s reset)
     seconds = int(3 * (phase + 10.5) + 15)
-    infos = [create(svc, f"publisher-{i}") for i in range(2)]
+    infos = [create(svc, name=f"publisher-{i}", room_name="hardening",
+                    participant_identity=f"publisher-{i}") for i in range(2)]
     pubs = [publisher(svc.rtmp_addr, info.stream_key, seconds) for info in infos]
     for info in infos:
-        wait_status(svc, info.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING)
+        wait_state(svc, info.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING, 30)
     watch = Watch(svc.url)
     rows = []
     watch.reset()
@@ -301,7 +261,7 @@ def run(svc: ServiceProcess, phase: float, *, control: bool = False) -> None:
     for pub in pubs:
         pub.wait(seconds + 30)
     for info in infos:
-        wait_status(svc, info.ingress_id, pb.IngressState.ENDPOINT_INACTIVE)
+        wait_state(svc, info.ingress_id, pb.IngressState.ENDPOINT_INACTIVE, 30)
     time.sleep(1)
     expected = seconds * FPS
     for info in infos:
@@ -311,10 +271,11 @@ def run(svc: ServiceProcess, phase: float, *, control: bool = False) -> None:
         print(f"a worker: {line}")
 
     # SIGTERM with two sessions live
-    infos = [create(svc, f"stopped-{i}") for i in range(2)]
+    infos = [create(svc, name=f"stopped-{i}", room_name="hardening",
+                    participant_identity=f"stopped-{i}") for i in range(2)]
     pubs = [publisher(svc.rtmp_addr, info.stream_key, 60) for info in infos]
     for info in infos:
-        wait_status(svc, info.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING)
+        wait_state(svc, info.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING, 30)
     time.sleep(2)
     assert svc.proc is not None
     began = time.monotonic()

@@ -44,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,10 @@ def delete(service: Any, ingress_id: str) -> None:
     service.api(call)
 
 
-def first_frame_once(livekit_url: str, service: Any, url: str, room: str) -> float | None:
+def time_to_first_frame(livekit_url: str, room: str, create: Callable[[], Any],
+                        delete: Callable[[Any], None]) -> float | None:
+    """Seconds from `create()` (it makes the ingress that publishes into `room`) to the
+    first video frame a subscriber already in the room gets; `delete(info)` after."""
     from tests.livekit import watch
 
     seen: list[Any] = []
@@ -132,11 +136,16 @@ def first_frame_once(livekit_url: str, service: Any, url: str, room: str) -> flo
     viewer.start()
     time.sleep(3.0)  # the viewer's process has joined the room
     called = time.monotonic()
-    info = create_url(service, url, room)
+    info = create()
     viewer.join()
-    delete(service, info.ingress_id)
+    delete(info)
     times = seen[0].video_times if seen else []
     return times[0] - called if times else None
+
+
+def first_frame_once(livekit_url: str, service: Any, url: str, room: str) -> float | None:
+    return time_to_first_frame(livekit_url, room, lambda: create_url(service, url, room),
+                               lambda info: delete(service, info.ingress_id))
 
 
 def run_first_frame(livekit_url: str, service: Any, base: str, runs: int) -> None:

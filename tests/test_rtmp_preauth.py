@@ -63,8 +63,13 @@ class AnswerGaps:
     def _run(self) -> None:
         last = time.monotonic()
         while not self._stop.is_set():
-            self.conn.request("GET", "/")
-            self.conn.getresponse().read()
+            try:
+                self.conn.request("GET", "/")
+                self.conn.getresponse().read()
+            except (OSError, http.client.HTTPException):
+                if self._stop.is_set():
+                    return  # the node went first: its stop, not a gap
+                raise
             now = time.monotonic()
             self.longest = max(self.longest, now - last)
             self.answers += 1
