@@ -18,7 +18,7 @@ from pathlib import Path
 from google.protobuf import json_format
 from livekit.protocol import ingress as pb
 
-ACTIVE = (pb.IngressState.ENDPOINT_BUFFERING, pb.IngressState.ENDPOINT_PUBLISHING)
+from ..ingest.control import ACTIVE
 
 
 class LiveJournal:

@@ -39,11 +39,10 @@ from api.errors import TwirpError
 from api.validation import transcoding_enabled
 
 from .admission import CAPACITY_EXCEEDED, Promise
+from .control import ACTIVE
 from .lifetime import Refusal, Refused, SessionHost
 
 log = logging.getLogger(__name__)
-
-_RESUMED = (pb.IngressState.ENDPOINT_BUFFERING, pb.IngressState.ENDPOINT_PUBLISHING)
 
 
 class UrlFront:
@@ -68,7 +67,7 @@ class UrlFront:
         if the node has no capacity for it, and nothing starts."""
         assert self._nursery is not None, "UrlFront.run is not running"
         promise = None
-        if info.state.status not in _RESUMED:
+        if info.state.status not in ACTIVE:  # new, not a resume (left live by a stop)
             admission = self.host.admission
             promise = admission.reserve(admission.cost_for("url", transcoding_enabled(info)))
             if promise is None:
