@@ -1,0 +1,190 @@
+"""The publisher PeerConnection to the SFU (asyncio thread only).
+
+aiortc does ICE, DTLS and SRTP and writes the SDP; each track gets a send-only
+transceiver with an idle track (aiortc's own sender never sends: it is stopped
+once negotiated), and our RtpStreams (``_rtp.py``) send on the bundle's
+transport instead. The offer LiveKit sees is aiortc's, rewritten by
+``_offer.py`` to describe our streams (one SSRC, or rid simulcast).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
+
+from ._offer import (
+    ABS_SEND_TIME_URI,
+    MID_URI,
+    RID_EXTENSION_ID,
+    RID_URI,
+    SectionStreams,
+    answered_payload_type,
+    publish_offer,
+    rids_for,
+)
+from ._rtp import RtpStream
+
+log = logging.getLogger(__name__)
+
+_CODECS = {"h264": ("video/H264", 90_000), "vp8": ("video/VP8", 90_000),
+           "opus": ("audio/opus", 48_000)}
+SEND_QUEUE = 400  # frames (all streams) waiting for the asyncio loop: ~2 s of 3 layers
+
+
+class _IdleTrack(MediaStreamTrack):
+    """A track that never yields: aiortc's sender waits on it until stopped."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    async def recv(self) -> Any:
+        await asyncio.Future()
+
+
+@dataclass
+class _Track:
+    cid: str
+    codec: str
+    rids: tuple[str, ...]
+    transceiver: Any
+    ssrcs: tuple[int, ...]
+    streams: list[RtpStream] = field(default_factory=list)
+    mid: str = ""
+
+
+class PublisherPeer:
+    """Tracks added, offers made, answers applied; frames queued for sending."""
+
+    def __init__(self, ice_servers: list[tuple[tuple[str, ...], str, str]],
+                 on_failed: Callable[[str], None]) -> None:
+        servers = [RTCIceServer(urls=list(urls), username=user or None,
+                                credential=password or None)
+                   for urls, user, password in ice_servers if urls]
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers or None))
+        self.tracks: dict[str, _Track] = {}
+        self._cname = str(uuid.uuid4())
+        self._remote_candidates: list[str] = []
+        self._answered = False
+        self._queue: asyncio.Queue[tuple[RtpStream, tuple[bytes, ...], int, bool]] = (
+            asyncio.Queue(SEND_QUEUE))
+        self.dropped = 0
+        self._sender = asyncio.ensure_future(self._send_loop())
+
+        @self.pc.on("connectionstatechange")
+        def changed() -> None:
+            if self.pc.connectionState == "failed":
+                on_failed("the connection to the room failed (ICE/DTLS)")
+
+    def add_track(self, kind: str, codec: str, layers: int) -> str:
+        """A send-only transceiver for a new track; its cid (the msid track id)."""
+        track = _IdleTrack(kind)
+        transceiver = self.pc.addTransceiver(track, direction="sendonly")
+        mime, _ = _CODECS[codec]
+        capabilities = RTCRtpSender.getCapabilities(kind).codecs
+        chosen = [c for c in capabilities if c.mimeType.lower() == mime.lower()]
+        if codec == "h264":  # packetization-mode 1 (FU-A): what the packetizer makes
+            chosen = [c for c in chosen
+                      if (c.parameters or {}).get("packetization-mode") == "1"][:1]
+        transceiver.setCodecPreferences(chosen[:1])
+        rids = rids_for(layers) if kind == "video" else ()
+        ssrcs = tuple(random.randrange(1, 1 << 32) for _ in range(max(1, len(rids))))
+        self.tracks[track.id] = _Track(track.id, codec, rids, transceiver, ssrcs)
+        return track.id
+
+    async def offer(self) -> str:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        sections = []
+        for track in self.tracks.values():
+            track.mid = track.transceiver.mid
+            sections.append(SectionStreams(track.mid, track.ssrcs, track.rids, self._cname))
+        return publish_offer(self.pc.localDescription.sdp, sections)
+
+    async def accept_answer(self, sdp: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        self._answered = True
+        transport = None
+        for track in self.tracks.values():
+            if track.streams:
+                continue
+            transceiver = track.transceiver
+            await transceiver.sender.stop()  # aiortc's: ours send instead
+            transport = transceiver.sender.transport
+            mime, clock = _CODECS[track.codec]
+            payload_type = answered_payload_type(sdp, track.mid, mime.split("/")[1])
+            ids = {MID_URI: 1, ABS_SEND_TIME_URI: 3}  # aiortc's offer, echoed
+            if track.rids:
+                ids[RID_URI] = RID_EXTENSION_ID
+            if track.codec == "opus":
+                ids = {MID_URI: 1}
+            for index, ssrc in enumerate(track.ssrcs):
+                stream = RtpStream(transport, ssrc=ssrc, payload_type=payload_type,
+                                   clock_rate=clock, mid=track.mid,
+                                   rid=track.rids[index] if track.rids else "",
+                                   extension_ids=ids, cname=self._cname)
+                stream.start()
+                track.streams.append(stream)
+        for candidate in self._remote_candidates:
+            await self.add_candidate(candidate)
+        self._remote_candidates.clear()
+
+    async def add_candidate(self, candidate_init: str) -> None:
+        """A server candidate (RTCIceCandidateInit JSON); kept until the answer."""
+        if not self._answered:
+            self._remote_candidates.append(candidate_init)
+            return
+        init = json.loads(candidate_init)
+        text = init.get("candidate") or ""
+        if not text:
+            return  # end of candidates
+        candidate = candidate_from_sdp(text.split(":", 1)[1] if text.startswith(
+            "candidate:") else text)
+        candidate.sdpMid = init.get("sdpMid")
+        candidate.sdpMLineIndex = init.get("sdpMLineIndex")
+        await self.pc.addIceCandidate(candidate)
+
+    def queue(self, cid: str, layer: int, payloads: tuple[bytes, ...], timestamp: int,
+              marker: bool = True) -> None:
+        """One frame for a track's layer (called through call_soon from trio)."""
+        track = self.tracks.get(cid)
+        if track is None or layer >= len(track.streams):
+            return
+        try:
+            self._queue.put_nowait((track.streams[layer], payloads, timestamp, marker))
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def _send_loop(self) -> None:
+        while True:
+            stream, payloads, timestamp, marker = await self._queue.get()
+            await stream.send_frame(payloads, timestamp, marker)
+
+    def stream(self, cid: str, layer: int) -> RtpStream | None:
+        track = self.tracks.get(cid)
+        if track is None or layer >= len(track.streams):
+            return None
+        return track.streams[layer]
+
+    async def close(self) -> None:
+        self._sender.cancel()
+        await asyncio.gather(self._sender, return_exceptions=True)
+        for track in self.tracks.values():
+            for stream in track.streams:
+                await stream.stop()
+        await self.pc.close()

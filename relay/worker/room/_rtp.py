@@ -1,0 +1,168 @@
+"""Our outgoing RTP streams, on aiortc's DTLS transport (asyncio thread only).
+
+aiortc's RTCRtpSender sends one stream per track and encodes itself; a simulcast
+layer needs its own SSRC and an rtp-stream-id header extension, and a
+pre-encoded frame only needs packetizing. So each stream here is ours: RTP
+headers (mid, rid, abs-send-time), a sender report every second, and the
+feedback the SFU sends back for its SSRC:
+
+* PLI / FIR: ``keyframe_wanted`` is set; the encoder of that layer reads it;
+* NACK: the packet is sent again from a short history (no RTX: the offer has none);
+* receiver reports: the last ``fraction_lost``, for the congestion controller.
+
+aiortc's DTLS transport routes RTCP by SSRC to whatever is registered in its
+router and sends protected RTP with ``_send_rtp``; those two private names are
+all this module uses of aiortc's internals (aiortc 1.16, pinned in
+pyproject.toml, covered by the publisher's real-server tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from aiortc import clock
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    HeaderExtensionsMap,
+    RtcpByePacket,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
+    RtcpSrPacket,
+    RtpPacket,
+)
+
+log = logging.getLogger(__name__)
+
+HISTORY = 1024  # packets kept for NACKs: ~1 s of a 1080p layer
+SR_INTERVAL = 1.0
+
+
+class _Extensions:
+    """The shape aiortc's HeaderExtensionsMap.configure() reads."""
+
+    def __init__(self, ids: dict[str, int]) -> None:
+        self.headerExtensions = [RTCRtpHeaderExtensionParameters(id=i, uri=u)
+                                 for u, i in ids.items()]
+
+
+class RtpStream:
+    """One outgoing stream: a simulcast layer, a single-layer video track, or audio."""
+
+    def __init__(self, transport: Any, *, ssrc: int, payload_type: int, clock_rate: int,
+                 mid: str, rid: str = "", extension_ids: dict[str, int], cname: str) -> None:
+        self.transport = transport
+        self.ssrc = ssrc
+        self.payload_type = payload_type
+        self.clock_rate = clock_rate
+        self.mid = mid
+        self.rid = rid
+        self.cname = cname
+        self._extensions = HeaderExtensionsMap()
+        self._extensions.configure(_Extensions(extension_ids))
+        self._sequence = random.randrange(1 << 15)
+        self._timestamp_origin = random.randrange(1 << 32)
+        self._history: dict[int, bytes] = {}
+        self._last_ntp = 0
+        self._last_rtp = 0
+        self.packets = 0
+        self.octets = 0
+        self.keyframe_wanted = False
+        self.fraction_lost = 0.0
+        self.retransmitted = 0
+        self._rtcp_task: asyncio.Task[None] | None = None
+
+    # -- sending (called on the asyncio loop, in order) ---------------------------------
+
+    async def send_frame(self, payloads: Sequence[bytes], timestamp: int,
+                         marker_last: bool = True) -> None:
+        """One frame's payloads; ``timestamp`` in the stream's clock, from any origin."""
+        rtp_timestamp = (self._timestamp_origin + timestamp) & 0xFFFFFFFF
+        last = len(payloads) - 1
+        for index, payload in enumerate(payloads):
+            packet = RtpPacket(payload_type=self.payload_type,
+                               sequence_number=self._sequence, timestamp=rtp_timestamp)
+            packet.ssrc = self.ssrc
+            packet.payload = payload
+            packet.marker = 1 if marker_last and index == last else 0
+            packet.extensions.mid = self.mid
+            if self.rid:
+                packet.extensions.rtp_stream_id = self.rid
+            packet.extensions.abs_send_time = (clock.current_ntp_time() >> 14) & 0xFFFFFF
+            data = packet.serialize(self._extensions)
+            self._history[self._sequence % HISTORY] = data
+            self._sequence = (self._sequence + 1) & 0xFFFF
+            try:
+                await self.transport._send_rtp(data)
+            except ConnectionError:
+                return
+            self.packets += 1
+            self.octets += len(payload)
+        self._last_ntp = clock.current_ntp_time()
+        self._last_rtp = rtp_timestamp
+
+    # -- feedback (aiortc's router calls this for RTCP naming our SSRC) -----------------
+
+    async def _handle_rtcp_packet(self, packet: Any) -> None:
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc == self.ssrc:
+                    self.fraction_lost = report.fraction_lost / 256
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI,
+                                                                   RTCP_PSFB_FIR):
+            self.keyframe_wanted = True
+        elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            for sequence in packet.lost:
+                data = self._history.get(sequence % HISTORY)
+                if data is not None and int.from_bytes(data[2:4], "big") == sequence:
+                    self.retransmitted += 1
+                    try:
+                        await self.transport._send_rtp(data)
+                    except ConnectionError:
+                        return
+
+    def take_keyframe_request(self) -> bool:
+        wanted, self.keyframe_wanted = self.keyframe_wanted, False
+        return wanted
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.transport._rtp_router.register_sender(self, self.ssrc)
+        self._rtcp_task = asyncio.ensure_future(self._run_rtcp())
+
+    async def stop(self) -> None:
+        self.transport._rtp_router.unregister_sender(self)
+        if self._rtcp_task is not None:
+            self._rtcp_task.cancel()
+            await asyncio.gather(self._rtcp_task, return_exceptions=True)
+        await self._send_rtcp([RtcpByePacket(sources=[self.ssrc])])
+
+    async def _run_rtcp(self) -> None:
+        while True:
+            await asyncio.sleep(SR_INTERVAL * (0.5 + random.random()))
+            if not self.packets:
+                continue
+            await self._send_rtcp([
+                RtcpSrPacket(ssrc=self.ssrc, sender_info=RtcpSenderInfo(
+                    ntp_timestamp=self._last_ntp, rtp_timestamp=self._last_rtp,
+                    packet_count=self.packets & 0xFFFFFFFF,
+                    octet_count=self.octets & 0xFFFFFFFF)),
+                RtcpSdesPacket(chunks=[RtcpSourceInfo(
+                    ssrc=self.ssrc, items=[(1, self.cname.encode())])]),
+            ])
+
+    async def _send_rtcp(self, packets: list[Any]) -> None:
+        with contextlib.suppress(ConnectionError):
+            await self.transport._send_rtp(b"".join(bytes(p) for p in packets))
