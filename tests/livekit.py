@@ -253,18 +253,11 @@ class LayerSeen:
                    data["seconds"], data["frames_decoded"], data["bytes_received"])
 
 
-def watch_layers(url: str, room_name: str, qualities: dict[str, int]
-                 ) -> dict[str, collections.Counter]:
-    """Subscribe once (in a subscriber process) and select each simulcast layer in
-    turn; the frame sizes received per layer."""
-    return {name: seen.sizes
-            for name, seen in watch_layer_stats(url, room_name, qualities).items()}
-
-
 def watch_layer_stats(url: str, room_name: str, qualities: dict[str, int], *,
                       settle: float = 2.0, hold: float = 2.5, ramp_to: int = 0,
                       ramp_most: float = 20.0) -> dict[str, LayerSeen]:
-    """Like `watch_layers`, with the frame rate and bitrate received per layer.
+    """Subscribe once (in a subscriber process) and select each simulcast layer in
+    turn; what arrived per layer: frame sizes, frame rate and bitrate.
 
     `settle` seconds after each selection are not counted (the SFU switches at the next
     keyframe of the new layer), then `hold` seconds are. With `ramp_to` (bit/s), the

@@ -79,9 +79,9 @@ async def test_leaving_cancels_leftover_tasks_and_stops_the_thread() -> None:
 
 
 async def test_a_negative_call_later_delay_runs_now() -> None:
-    """The SDK's AudioSource computes its queue-release delay by subtraction, which on
-    a busy machine comes out a hair below zero (seen: -0.0019 s): asyncio runs it now
-    (trio-asyncio, used before, asserted on it and killed the session)."""
+    """A delay computed by subtraction (the SDK's AudioSource did, when it published)
+    comes out a hair below zero on a busy machine (seen: -0.0019 s): asyncio runs it
+    now (trio-asyncio, used before, asserted on it and killed the session)."""
     fired = trio.Event()
 
     async def schedule() -> None:

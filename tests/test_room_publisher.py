@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 import trio
+import trio.testing
 from livekit import api
 from livekit.protocol import models
 
@@ -160,3 +161,35 @@ async def test_vp8_single_layer_with_opus_audio_and_leaving(livekit: LiveKitServ
     assert result.fps() >= 25
     assert max(result.audio_rms) > 1000  # the tone, not silence
     assert result.left  # the publisher left at the end: the viewer saw it go
+
+
+async def test_a_message_in_the_upgrade_segment_is_read_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """livekit-server writes the JoinResponse right behind its 101: both often come in
+    one TCP segment, and the join must not wait for the next message (it did: joins
+    took 2-10 s, until the server's next participant update)."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Message, Request
+
+    from relay.worker.room import _socket
+
+    client_end, server_end = trio.testing.memory_stream_pair()
+
+    async def fake_open_tcp_stream(host: str, port: int) -> object:
+        return client_end
+
+    async def server() -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        while True:
+            ws.receive_data(await server_end.receive_some(65536))
+            if any(isinstance(e, Request) for e in ws.events()):
+                break
+        await server_end.send_all(ws.send(AcceptConnection())
+                                  + ws.send(Message(data=b"join")))
+
+    monkeypatch.setattr(trio, "open_tcp_stream", fake_open_tcp_stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server)
+        socket = await _socket.open_signal_socket("ws://example.invalid", "/rtc")
+        with trio.fail_after(1):
+            assert await socket.receive() == b"join"

@@ -29,10 +29,11 @@ from relay.wire import MessageReader, Start, StateReport, WireError
 from . import aio_thread
 from .decode import DecodeError
 from .limits import apply_limits
-from .publisher import PublishError
+from .room import PublishError
 from .rtmp_input import run_rtmp
 from .session import DRAIN_SECONDS, Session, SessionFailed
 from .url_input import UrlPull
+from .whip_input import run_whip
 
 log = logging.getLogger("relay.worker")
 
@@ -54,9 +55,6 @@ async def run(stdin: trio.abc.ReceiveStream, stdout: trio.abc.SendStream) -> int
             start = message
             break
     if start.offer:
-        # imported here, not above: aiortc (~0.3 s, ~20 MB) is for WHIP workers only
-        from .whip_input import run_whip
-
         return await run_whip(start, reader, stdin, stdout)
     session = Session(start, stdout)
     # the worker pulls the URL itself
@@ -66,27 +64,30 @@ async def run(stdin: trio.abc.ReceiveStream, stdout: trio.abc.SendStream) -> int
     # a pull serves its egress gate for the whole session (relay/worker/egress_gate.py)
     async with aio_thread.open_asyncio_thread(), pull or contextlib.nullcontext():
         try:
-            async with trio.open_nursery() as joining:  # open a URL while joining the room
-                if pull is not None:
-                    joining.start_soon(pull.open)
-                await session.publisher.connect(start.ws_url, start.token)
-            async with trio.open_nursery() as outer:
-                outer.start_soon(session.report_stats)
-                async with trio.open_nursery() as stages:
+            async with trio.open_nursery() as room:  # cancelled: the participant leaves
+                async with trio.open_nursery() as joining:  # open a URL while joining
                     if pull is not None:
-                        end = await pull.run(reader, stdin)
-                    else:
-                        end = await run_rtmp(session, stages, reader, stdin)
-                    log.info("session ended: %s (video frames: %d in, %d to the SDK, "
-                             "dropped %d queued, %d late; audio frames: %d in, %d late)",
-                             end.reason or "source ended", session.video_in.frames,
-                             session.captured_video, session.dropped_video,
-                             session.video_lag.skipped, session.audio_in.frames,
-                             session.audio_lag.skipped)
-                    # a clean end publishes what is queued (for at most a second)
-                    stages.cancel_scope.deadline = trio.current_time() + (
-                        DRAIN_SECONDS if end.drain else 0)
-                outer.cancel_scope.cancel()
+                        joining.start_soon(pull.open)
+                    await room.start(session.publisher.run, start.ws_url, start.token)
+                async with trio.open_nursery() as outer:
+                    outer.start_soon(session.report_stats)
+                    async with trio.open_nursery() as stages:
+                        if pull is not None:
+                            end = await pull.run(reader, stdin)
+                        else:
+                            end = await run_rtmp(session, stages, reader, stdin)
+                        log.info("session ended: %s (video frames: %d in, %d sent, "
+                                 "dropped %d queued, %d late, %d by the encoders; audio "
+                                 "frames: %d in, %d late)", end.reason or "source ended",
+                                 session.video_in.frames, session.captured_video,
+                                 session.dropped_video, session.video_lag.skipped,
+                                 session.dropped_encoder, session.audio_in.frames,
+                                 session.audio_lag.skipped)
+                        # a clean end publishes what is queued (for at most a second)
+                        stages.cancel_scope.deadline = trio.current_time() + (
+                            DRAIN_SECONDS if end.drain else 0)
+                    outer.cancel_scope.cancel()
+                room.cancel_scope.cancel()
         except* (SessionFailed, PublishError, DecodeError, WireError) as group:
             failed = True
             first: BaseException = group
@@ -97,9 +98,6 @@ async def run(stdin: trio.abc.ReceiveStream, stdout: trio.abc.SendStream) -> int
             log.error("session failed: %s", message)
             with trio.CancelScope(shield=True):
                 await session.report(StateReport("error", error=message))
-        finally:
-            with trio.CancelScope(shield=True):
-                await session.publisher.close()
     return 1 if failed else 0
 
 

@@ -1,7 +1,7 @@
 """Video that goes to the room as the publisher encoded it (no decode, no re-encode).
 
-The SDK's pre-encoded source takes one layer of H.264 (Annex B) or VP8 in decode
-order and sends it as is. WebRTC has no B-frames: a stream whose presentation
+The publisher (relay/worker/room) sends one layer of H.264 (Annex B) or VP8 in
+decode order as it came, packetized for RTP. WebRTC has no B-frames: a stream whose presentation
 order differs from its decode order cannot pass, and neither can a codec the
 room's subscribers may not decode (HEVC, AV1, VP9 from RTMP). Such a source ends
 the session with an error that says what to change.
@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import av
 import trio
+from livekit.protocol import models
 
 import rtmp
 
+from .encode import packetize_access_unit
+from .room import PublishedTrack, VideoLayer
 from .session import MIME, Session, SessionFailed
 
 ADVICE = ("turn transcoding on for this ingress (enable_transcoding: true) or set the "
@@ -48,12 +51,18 @@ def annexb(data: bytes, nal_length_size: int) -> bytes:
 
 
 class EncodedVideoOutput:
-    """Access units -> the SDK's pre-encoded track (published at the first keyframe)."""
+    """Access units -> one-layer video track (published at the first keyframe).
+
+    A keyframe request from the room cannot be served here (we do not encode): the
+    input decides what to do with `keyframe_requested()` (WHIP asks its publisher
+    with a PLI; RTMP has no way back and waits for the encoder's next keyframe).
+    """
 
     def __init__(self, session: Session) -> None:
         self.session = session
         self.size: tuple[int, int] | None = None
-        self.published = False
+        self.track: PublishedTrack | None = None
+        self.picture_id = 0
 
     async def send(self, codec: str, data: bytes, keyframe: bool, timestamp_us: int) -> None:
         session = self.session
@@ -63,14 +72,24 @@ class EncodedVideoOutput:
         if self.size is None:
             return  # nothing to show before the first keyframe
         session.video_in.width, session.video_in.height = self.size
-        if not self.published:
-            await session.publisher.publish_encoded_video(
-                *self.size, name=session.info.video.name, source=session.info.video.source,
-                codec=codec)
-            self.published = True
+        if self.track is None:
+            width, height = self.size
+            self.track = await session.publisher.publish_video(
+                [VideoLayer(models.VideoQuality.HIGH, width, height,
+                            session.video_encoding.top.bitrate)],
+                codec=codec, name=session.info.video.name, source=session.info.video.source)
             await session.report_state("publishing")
-        if session.publisher.capture_encoded_video(data, *self.size, keyframe, timestamp_us):
-            session.captured_video += 1
+        frame = packetize_access_unit(codec, data, timestamp_us * 9 // 100, keyframe,
+                                      self.picture_id)
+        self.picture_id = (self.picture_id + 1) % (1 << 15)
+        session.publisher.send(self.track, 0, frame.payloads, frame.timestamp)
+        session.captured_video += 1
+
+    def keyframe_requested(self) -> bool:
+        """Whether a subscriber asked for a keyframe (the SFU's PLI) since the last call."""
+        if self.track is None:
+            return False
+        return self.session.publisher.take_keyframe_request(self.track, 0)
 
 
 async def rtmp_passthrough_stage(session: Session, frames: trio.MemoryReceiveChannel) -> None:

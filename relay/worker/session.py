@@ -2,8 +2,9 @@
 
 `Session` holds what every input shares: the ingress' encoding options, the
 publisher, the input statistics and state reports, and the decode stages
-(`video_stage`, `audio_stage`) with their outputs (`PictureOutput` to the SDK's
-video source, `AudioOutput` to its audio source). The inputs (rtmp_input.py,
+(`video_stage`, `audio_stage`) with their outputs (`PictureOutput`: one encoder
+per simulcast layer; `AudioOutput`: Opus), whose frames the publisher
+(relay/worker/room) sends into the room. The inputs (rtmp_input.py,
 url_input.py, whip_input.py) feed it; main.py picks the input.
 """
 
@@ -27,6 +28,7 @@ from relay.wire import (
 )
 
 from .decode import AudioDecoder, DecodeError, VideoDecoder
+from .encode import EncodeError, LayerEncoder, OpusEncoder
 from .layers import (
     AudioEncoding,
     LayerSpec,
@@ -35,29 +37,24 @@ from .layers import (
     fit_layers,
     video_encoding,
 )
-from .picture import I420Packer
-from .publisher import RoomPublisher
+from .room import PublishedTrack, RoomPublisher, VideoLayer
 
 log = logging.getLogger("relay.worker")
 
 NO_MEDIA_TIMEOUT = 30.0
 VIDEO_QUEUE = 120  # coded frames waiting for the decoder (~4 s at 30 fps): absorbs bursts
 MAX_VIDEO_LAG_MS = 500  # decoded pictures further behind the newest arrival are skipped
-# Coded audio further behind the newest audio arrival is skipped before decoding. The
-# SDK's AudioSource releases audio at exactly real time, so a backlog (the media that
-# queues while the worker joins the room, a stall) would otherwise stay for the whole
-# session: measured +0.6 to +2.4 s audio behind video (bench/avsync.py).
+# Coded audio further behind the newest audio arrival is skipped before decoding: a
+# backlog (the media that queues while the worker joins the room, a stall) is stale by
+# the time it could be sent, and a burst of it would only fill subscribers' jitter
+# buffers. (With the SDK's AudioSource, which released audio at exactly real time, it
+# stayed for the whole session: +0.6 to +2.4 s audio behind video, bench/avsync.py.)
 MAX_AUDIO_LAG_MS = 50
 AUDIO_QUEUE = 100  # coded audio frames (~2 s of AAC)
 MAX_CONSECUTIVE_DECODE_ERRORS = 30  # audio
 MAX_FRAMES_WITHOUT_PICTURE = 150  # ~5 s at 30 fps of video that decodes to nothing
 STATS_INTERVAL = 5.0
 DRAIN_SECONDS = 1.0
-# PCM handed to the SDK per call: 20 ms, the Opus frame WHIP publishers send and the
-# size of an AAC frame. Each call crosses trio -> asyncio -> the SDK's FFI; 10 ms
-# frames cost 22% of a core per WHIP session with audio, 20 ms 18-19% (bench/whip.py
-# sessions --steps 5, two runs each).
-AUDIO_FRAME_MS = 20
 
 
 class SessionFailed(Exception):
@@ -172,76 +169,114 @@ def _open_decoder(kind: type[VideoDecoder] | type[AudioDecoder], config: Any,
 
 
 class PictureOutput:
-    """Decoded pictures -> lag gate -> frame-rate limit -> top layer I420 -> the SDK.
+    """Decoded pictures -> lag gate -> frame-rate limit -> one encoder per layer -> room.
 
-    The first picture publishes the video track (its size decides the layers); the
-    SDK's simulcast encodes the lower layers.
+    The first picture publishes the video track: its size decides the layers
+    (`fit_layers`), which are announced to the room and kept for the session (a
+    later size change is scaled to them). Each layer encodes in its own task and
+    thread; a layer still busy with the previous picture skips this one (counted in
+    the `video_encoder` drops) rather than fall behind the others.
     """
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, nursery: trio.Nursery) -> None:
         self.session = session
+        self.nursery = nursery
         self.limiter = FrameRateLimiter(session.video_encoding.frame_rate)
-        self.packer = I420Packer()
-        self.size: tuple[int, int] | None = None
-        self.top: LayerSpec | None = None
-        self.published = False
+        self.layers: tuple[LayerSpec, ...] = ()
+        self.inputs: list[trio.MemorySendChannel] = []
+        self.track: PublishedTrack | None = None
 
     async def show(self, picture: av.VideoFrame, pts_ms: int) -> None:
         session = self.session
         session.video_in.width, session.video_in.height = picture.width, picture.height
         if not session.video_lag.admit(pts_ms) or not self.limiter.accept(pts_ms):
             return
-        if self.size != (picture.width, picture.height):  # first picture, or a new size
-            self.size = (picture.width, picture.height)
-            layers = fit_layers(session.video_encoding, *self.size)
-            self.top = top = layers[-1]
-            if not self.published:
-                vp8 = session.video_encoding.codec == models.VideoCodec.VP8
-                await session.publisher.publish_video(
-                    top.width, top.height, name=session.info.video.name,
-                    source=session.info.video.source, codec="vp8" if vp8 else "h264",
-                    max_bitrate=top.bitrate, max_framerate=session.video_encoding.frame_rate,
-                    simulcast=len(layers) > 1)
-                self.published = True
-                await session.report_state("publishing")
-        top = self.top
-        assert top is not None
-        i420 = await trio.to_thread.run_sync(self.packer.pack, picture, top.width, top.height)
-        session.publisher.capture_video(top.width, top.height, i420, pts_ms * 1000)
-        session.captured_video += 1
+        if self.track is None:
+            await self._publish(picture.width, picture.height)
+        for channel in self.inputs:
+            try:
+                channel.send_nowait((picture, pts_ms))
+            except trio.WouldBlock:
+                session.dropped_encoder += 1
+
+    async def _publish(self, width: int, height: int) -> None:
+        session = self.session
+        encoding = session.video_encoding
+        self.layers = fit_layers(encoding, width, height)
+        codec = "vp8" if encoding.codec == models.VideoCodec.VP8 else "h264"
+        encoders = [await trio.to_thread.run_sync(
+            _open_encoder, codec, layer.width, layer.height, layer.bitrate,
+            encoding.frame_rate) for layer in self.layers]
+        self.track = await session.publisher.publish_video(
+            [VideoLayer(layer.quality, layer.width, layer.height, layer.bitrate)
+             for layer in self.layers],
+            codec=codec, name=session.info.video.name, source=session.info.video.source)
+        for index, encoder in enumerate(encoders):
+            send, receive = trio.open_memory_channel[tuple[av.VideoFrame, int]](1)
+            self.inputs.append(send)
+            self.nursery.start_soon(self._encode_layer, index, encoder, receive)
+        await session.report_state("publishing")
+
+    async def _encode_layer(self, index: int, encoder: LayerEncoder,
+                            pictures: trio.MemoryReceiveChannel) -> None:
+        session, track = self.session, self.track
+        assert track is not None
+        top = index == len(self.layers) - 1
+        async for picture, pts_ms in pictures:
+            keyframe = session.publisher.take_keyframe_request(track, index)
+            try:
+                frames = await trio.to_thread.run_sync(encoder.encode, picture,
+                                                       pts_ms * 90, keyframe)
+            except EncodeError as exc:
+                raise SessionFailed(str(exc)) from exc
+            for frame in frames:
+                session.publisher.send(track, index, frame.payloads, frame.timestamp)
+            if top:
+                session.captured_video += 1
+
+    def close(self) -> None:
+        for channel in self.inputs:
+            channel.close()
+
+
+def _open_encoder(codec: str, width: int, height: int, bitrate: int,
+                  fps: float) -> LayerEncoder:
+    try:
+        return LayerEncoder(codec, width, height, bitrate, fps)
+    except EncodeError as exc:
+        raise SessionFailed(str(exc)) from exc
 
 
 class AudioOutput:
-    """Decoded samples -> the options' rate and channels -> 10 ms PCM frames -> the SDK."""
+    """Decoded samples -> Opus at the options' bitrate and channels -> the room."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self.channels = channels = session.audio_encoding.channels
-        self.rate = session.audio_encoding.sample_rate
-        self.resampler = av.AudioResampler(format="s16", layout="stereo" if channels == 2
-                                           else "mono", rate=self.rate)
-        self.chunk = self.rate * AUDIO_FRAME_MS // 1000 * channels * 2
-        self.pending = bytearray()
-        self.published = False
+        self.encoding = session.audio_encoding
+        self.encoder: OpusEncoder | None = None
+        self.track: PublishedTrack | None = None
 
     async def play(self, decoded: list[av.AudioFrame]) -> None:
-        session, channels, pending = self.session, self.channels, self.pending
+        session, encoding = self.session, self.encoding
+        if self.encoder is None:
+            self.encoder = OpusEncoder(encoding.channels, encoding.bitrate,
+                                       dtx=not encoding.disable_dtx)
+        packets: list[tuple[bytes, int]] = []
         for samples in decoded:
             session.audio_in.sample_rate = samples.sample_rate
             session.audio_in.channels = samples.layout.nb_channels
-            for out in self.resampler.resample(samples):
-                pending += bytes(out.planes[0])[: out.samples * channels * 2]
-        if not self.published and pending:
-            await session.publisher.publish_audio(
-                self.rate, channels, name=session.info.audio.name,
-                source=session.info.audio.source, max_bitrate=session.audio_encoding.bitrate,
-                dtx=not session.audio_encoding.disable_dtx)
-            self.published = True
+            try:
+                packets += await trio.to_thread.run_sync(self.encoder.encode, samples)
+            except EncodeError as exc:
+                raise SessionFailed(str(exc)) from exc
+        if self.track is None and packets:
+            self.track = await session.publisher.publish_audio(
+                name=session.info.audio.name, source=session.info.audio.source,
+                stereo=encoding.channels == 2, dtx=not encoding.disable_dtx)
             await session.report_state("publishing")
-        while len(pending) >= self.chunk:
-            await session.publisher.capture_audio(bytes(pending[:self.chunk]), self.rate,
-                                                  channels)
-            del pending[:self.chunk]
+        for packet, timestamp in packets:
+            assert self.track is not None
+            session.publisher.send(self.track, 0, (packet,), timestamp, marker=False)
 
 
 class Session:
@@ -260,6 +295,7 @@ class Session:
         self.video_in = InputStats()
         self.audio_in = InputStats()
         self.dropped_video = 0
+        self.dropped_encoder = 0
         self.dropped_audio = 0
         self.captured_video = 0
         self.video_lag = LagGate(MAX_VIDEO_LAG_MS)
@@ -276,13 +312,22 @@ class Session:
             video=self.video_in.as_video() if self.video_in.mime else {},
             audio=self.audio_in.as_audio() if self.audio_in.mime else {},
             drops={"video_queue": self.dropped_video, "video_lag": self.video_lag.skipped,
+                   "video_encoder": self.dropped_encoder,
                    "audio_queue": self.dropped_audio, "audio_lag": self.audio_lag.skipped}))
 
     # -- video ---------------------------------------------------------------------
 
     async def video_stage(self, frames: trio.MemoryReceiveChannel) -> None:
+        async with trio.open_nursery() as encoders:
+            output = PictureOutput(self, encoders)
+            try:
+                await self._decode_video(frames, output)
+            finally:
+                output.close()
+
+    async def _decode_video(self, frames: trio.MemoryReceiveChannel,
+                            output: PictureOutput) -> None:
         decoder: VideoDecoder | None = None
-        output = PictureOutput(self)
         blind = 0
         last_error: DecodeError | None = None
         async for event in frames:

@@ -5,13 +5,12 @@ worker answers it (`WhipAnswer`), joins the room and moves the media itself, so 
 WHIP session is isolated in its own process exactly like an RTMP one.
 
 * passthrough (transcoding off, the WHIP default): the publisher's H.264 or VP8
-  frames go to the room as they are (the SDK's pre-encoded source, one layer);
-  keyframe requests from the room go back to the publisher as RTCP PLI. The video
-  size comes from decoding each keyframe (cheap, and it follows size changes).
-* transcoding: aiortc's decoded pictures take the RTMP path's shaping (presets,
-  simulcast by the SDK).
-* audio: Opus is decoded by aiortc and published as PCM (the SDK has no
-  pre-encoded audio).
+  frames and Opus packets go to the room as they are (one video layer), never
+  decoded; keyframe requests from the room go back to the publisher as RTCP PLI.
+  The video size comes from decoding each keyframe (cheap, and it follows size
+  changes).
+* transcoding: aiortc's decoded pictures and samples take the RTMP path (our
+  encoder per layer of the preset, our Opus encoder).
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import logging
 import random
 from typing import Any
 
+import av
 import trio
 
 from relay.wire import (
@@ -38,7 +38,7 @@ from relay.wire import (
 
 from . import aio_thread
 from .passthrough import EncodedVideoOutput
-from .publisher import PublishError
+from .room import PublishError
 from .session import (
     MAX_AUDIO_LAG_MS,
     MIME,
@@ -48,7 +48,7 @@ from .session import (
     Session,
     SessionFailed,
 )
-from .whip_peer import EncodedPicture, PeerFailed, WhipPeer
+from .whip_peer import EncodedPicture, OpusPacket, PeerFailed, WhipPeer
 
 log = logging.getLogger("relay.worker")
 
@@ -118,8 +118,8 @@ class WhipSession:
         peer, session = self.peer, self.session
         answer = await peer.answer(self.start.offer)
         await session.report(WhipAnswer(answer))
-        await session.publisher.connect(self.start.ws_url, self.start.token)
         async with trio.open_nursery() as nursery:
+            await nursery.start(session.publisher.run, self.start.ws_url, self.start.token)
             nursery.start_soon(session.report_stats)
             nursery.start_soon(peer.pump)
             if peer.has_video:
@@ -130,7 +130,7 @@ class WhipSession:
             nursery.start_soon(self.watch_media)
             await self.until_end(peer)
             nursery.cancel_scope.cancel()
-        log.info("WHIP session ended: %s (video frames: %d in, %d to the SDK, %d dropped)",
+        log.info("WHIP session ended: %s (video frames: %d in, %d sent, %d dropped)",
                  self.end.reason, session.video_in.frames, session.captured_video,
                  peer.dropped_video)
 
@@ -188,7 +188,7 @@ class WhipSession:
     async def passthrough_video(self) -> None:
         output = EncodedVideoOutput(self.session)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.forward_keyframe_requests)
+            nursery.start_soon(self.forward_keyframe_requests, output)
             async for picture in self.peer.video:
                 assert isinstance(picture, EncodedPicture)
                 self.last_media = trio.current_time()
@@ -199,8 +199,8 @@ class WhipSession:
                                   picture.timestamp_us)
             nursery.cancel_scope.cancel()
 
-    async def forward_keyframe_requests(self) -> None:
-        """Subscribers' keyframe requests (via the SDK) -> PLI to the publisher, sent
+    async def forward_keyframe_requests(self, output: EncodedVideoOutput) -> None:
+        """Subscribers' keyframe requests (the SFU's PLI) -> PLI to the publisher, sent
         again every PLI_RETRY until a keyframe has passed through: a PLI can be lost, or
         come before the publisher's SSRC is known, and a viewer without a keyframe sees
         nothing until the publisher's next one on its own (seconds for an encoder with
@@ -208,7 +208,7 @@ class WhipSession:
         last_pli = -PLI_RETRY
         while True:
             await trio.sleep(KEYFRAME_POLL)
-            if self.session.publisher.keyframe_requested():
+            if output.keyframe_requested():
                 self.keyframe_wanted = True
             now = trio.current_time()
             if self.keyframe_wanted and now - last_pli >= PLI_RETRY:
@@ -216,28 +216,55 @@ class WhipSession:
                 await self.peer.request_keyframe()
 
     async def transcoded_video(self) -> None:
-        output = PictureOutput(self.session)
-        async for picture in self.peer.video:
-            self.last_media = trio.current_time()
-            pts_ms = int(picture.pts or 0) * 1000 // RTP_VIDEO_CLOCK
-            self.session.video_in.mime = MIME.get(self.peer.video_codec, "")
-            self.session.video_in.count(pts_ms, 0)
-            self.session.video_lag.observe(pts_ms)
-            await output.show(picture, pts_ms)
+        async with trio.open_nursery() as encoders:
+            output = PictureOutput(self.session, encoders)
+            try:
+                async for picture in self.peer.video:
+                    self.last_media = trio.current_time()
+                    pts_ms = int(picture.pts or 0) * 1000 // RTP_VIDEO_CLOCK
+                    self.session.video_in.mime = MIME.get(self.peer.video_codec, "")
+                    self.session.video_in.count(pts_ms, 0)
+                    self.session.video_lag.observe(pts_ms)
+                    await output.show(picture, pts_ms)
+            finally:
+                output.close()
 
     async def audio(self) -> None:
+        if self.peer.passthrough:
+            await self.forward_audio()
+            return
         output = AudioOutput(self.session)
         self.session.audio_in.mime = MIME["opus"]
         async for frame in self.peer.audio:
+            assert isinstance(frame, av.AudioFrame)
             self.last_media = trio.current_time()
             self.session.audio_in.count(int(frame.time * 1000) if frame.time else 0, 0)
-            # a backlog (queued while the worker joined the room) would stay for the whole
-            # session, the SDK releasing audio at exactly real time: play the live edge
+            # a backlog (queued while the worker joined the room) is stale: send the
+            # live edge
             backlog = self.peer.audio.statistics().current_buffer_used * frame.samples
             if backlog * 1000 > MAX_AUDIO_LAG_MS * frame.sample_rate:
                 self.session.audio_lag.skipped += 1
                 continue
             await output.play([frame])
+
+    async def forward_audio(self) -> None:
+        """The publisher's Opus packets into the room as they are (no decode)."""
+        session = self.session
+        session.audio_in.mime = MIME["opus"]
+        session.audio_in.sample_rate = 48_000
+        track = None
+        async for packet in self.peer.audio:
+            assert isinstance(packet, OpusPacket)
+            self.last_media = trio.current_time()
+            session.audio_in.count(packet.timestamp // 48, len(packet.data))
+            if track is None:
+                session.audio_in.channels = 2 if self.peer.stereo else 1
+                track = await session.publisher.publish_audio(
+                    name=session.info.audio.name, source=session.info.audio.source,
+                    stereo=self.peer.stereo, dtx=True)
+                await session.report_state("publishing")
+            session.publisher.send(track, 0, (packet.data,), packet.timestamp,
+                                   marker=False)
 
 
 async def run_whip(start: Start, reader: MessageReader, stdin: trio.abc.ReceiveStream,
@@ -266,5 +293,4 @@ async def run_whip(start: Start, reader: MessageReader, stdin: trio.abc.ReceiveS
             with trio.CancelScope(shield=True):
                 if whip is not None:
                     await whip.peer.close()
-                await session.publisher.close()
     return 1 if failed else 0

@@ -8,10 +8,11 @@ channels:
 * passthrough: every complete encoded video frame (`EncodedPicture`, H.264 Annex B
   or VP8) as aiortc's jitter buffer assembles it, without decoding;
 * transcoding: decoded `av.VideoFrame`s from aiortc's own decoder;
-* audio: decoded `av.AudioFrame`s (the SDK takes PCM only).
+* audio: in passthrough every Opus packet as sent (`OpusPacket`, never decoded);
+  when transcoding, decoded `av.AudioFrame`s for our own Opus encoder.
 
-Passthrough taps aiortc's receiver between its jitter buffer and its decoder
-thread; aiortc has no public hook there (checked against aiortc 1.16, pinned in
+Passthrough taps aiortc's receivers between their jitter buffers and their decoder
+threads; aiortc has no public hook there (checked against aiortc 1.16, pinned in
 pyproject.toml, and covered by the WHIP end-to-end tests).
 """
 
@@ -52,6 +53,14 @@ class EncodedPicture:
     data: bytes
     keyframe: bool
     timestamp_us: int
+
+
+@dataclass(frozen=True)
+class OpusPacket:
+    """One Opus packet from the publisher, as sent (passthrough)."""
+
+    data: bytes
+    timestamp: int  # RTP, 48 kHz
 
 
 def is_keyframe(codec: str, data: bytes) -> bool:
@@ -104,7 +113,9 @@ class WhipPeer:
     def __init__(self, *, passthrough: bool) -> None:
         self.passthrough = passthrough
         self._video_send, self.video = trio.open_memory_channel[Any](VIDEO_QUEUE)
-        self._audio_send, self.audio = trio.open_memory_channel[av.AudioFrame](AUDIO_QUEUE)
+        self._audio_send, self.audio = trio.open_memory_channel[av.AudioFrame | OpusPacket](
+            AUDIO_QUEUE)
+        self.stereo = False  # the offer's Opus fmtp says stereo=1
         self.video_codec = ""
         self.has_video = self.has_audio = False
         self.ended = trio.Event()
@@ -141,6 +152,9 @@ class WhipPeer:
                 self._video_receiver = transceiver.receiver
                 if self.passthrough:
                     tap_receiver(transceiver.receiver, self._on_encoded)
+            if transceiver.kind == "audio" and self.passthrough:
+                tap_receiver(transceiver.receiver, self._on_opus)
+        self.stereo = "stereo=1" in offer_sdp
         return pc.localDescription.sdp
 
     def _on_track(self, track: Any) -> None:
@@ -171,6 +185,10 @@ class WhipPeer:
                                  frame.timestamp * 1_000_000 // RTP_VIDEO_CLOCK)
         self._edge.to_trio(self._deliver, "video", picture)
 
+    def _on_opus(self, codec: Any, frame: Any) -> None:
+        self._edge.to_trio(self._deliver, "audio", OpusPacket(bytes(frame.data),
+                                                              frame.timestamp))
+
     def _deliver(self, kind: str, frame: Any) -> None:
         """In trio: one frame onto its channel, dropped if the consumer is that far behind."""
         send = self._audio_send if kind == "audio" else self._video_send
@@ -186,7 +204,7 @@ class WhipPeer:
 
     async def pump(self) -> None:
         """Move decoded frames from aiortc's tracks to the channels until they end."""
-        tracks = [t for t in self._tracks if t.kind == "audio" or not self.passthrough]
+        tracks = [] if self.passthrough else self._tracks  # passthrough: taps deliver
         async with trio.open_nursery() as nursery:
             for track in tracks:
                 nursery.start_soon(aio_thread.call, self._pump_track, track)

@@ -27,7 +27,7 @@ from .. import aio_thread
 from ._peer import PublisherPeer
 from ._socket import SignalSocket, SignalSocketError, open_signal_socket
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("relay.worker.room")
 
 JOIN_TIMEOUT = 15.0
 NEGOTIATION_TIMEOUT = 15.0

@@ -53,6 +53,10 @@ class SignalSocket:
 
     async def receive(self) -> bytes:
         """The next whole binary message; SignalSocketError when the server closes."""
+        # what came with the upgrade's answer, or with the last read, first: the join
+        # often shares a TCP segment with the 101
+        for event in self._ws.events():
+            await self._handle(event)
         while not self._pending:
             try:
                 data = await self._stream.receive_some(READ_SIZE)
