@@ -11,8 +11,9 @@ Oracle (raises OracleFailure, i.e. a crash): only WhipOfferError escapes, with s
 400 or 406 and a short, printable, one-line message, and never wrapping a stray
 exception (only a UTF-8 decode error may be its context); the body with CRLF line ends
 turned into LF, and LF into CRLF, gives the same result (but for the kept offer text);
-str and bytes give the same result; transcoding on and off differ only in the simulcast
-text; an accepted offer keeps the promises of OfferSummary (one section per kind, the
+str and bytes give the same result; transcoding on and off differ only for simulcast
+(refused with LiveKit's text when transcoding, taken or refused otherwise); an accepted
+offer keeps the promises of OfferSummary (one section per kind, the
 chosen codec is one we take and the first of ``payload_types``, its mid is bundled,
 valid ICE credentials); a trickle update stays within its bounds. Optionally a
 tracemalloc bound (FUZZ_MEMCHECK=1).
@@ -42,8 +43,7 @@ with (atheris.instrument_imports(include=["whip"]) if atheris and __name__ == "_
 
 MODES = ("offer", "transcoding", "vp8-first", "trickle")
 CODEC_ORDER = {0: ("H264", "VP8"), 1: ("H264", "VP8"), 2: ("VP8", "H264")}
-SIMULCAST = {"simulcast is not supported when transcoding",
-             "simulcast receive is not supported yet (send a single layer)"}
+SIMULCAST_TRANSCODING = "simulcast is not supported when transcoding"
 MAX_MESSAGE = 300  # the longest: 10 codec names of 20 characters
 MEMCHECK = os.environ.get("FUZZ_MEMCHECK", "0") == "1"
 MEM_BASE = 2 * 1024 * 1024
@@ -109,6 +109,10 @@ def check_summary(summary: Any, body: bytes, mode: int) -> None:
                    f"video codec {section!r:.300}")
             if section.codec == "H264":
                 expect(section.fmtp_params.get("packetization-mode") == "1", "H.264 mode 0")
+            expect(len(section.rids) <= whip._sdp.MAX_SIMULCAST_LAYERS, "too many rids")
+            expect((section.rid_extension is not None) == bool(section.rids),
+                   f"rid extension {section!r:.300}")
+            expect(not section.rids or mode != 1, "simulcast taken while transcoding")
     if summary.audio is not None and summary.video is not None:
         expect(summary.audio.mid != summary.video.mid, "one mid for two sections")
 
@@ -130,10 +134,13 @@ def run_offer(body: bytes, mode: int) -> None:
     else:
         expect_same("str", ref, offer(text, mode), ("bytes", "str"))
     other = offer(body, mode, transcoding=mode != 1)
-    if ref[0] == "error" and ref[1][1] in SIMULCAST:
-        expect(other[0] == "error" and other[1][1] in SIMULCAST - {ref[1][1]},
-               f"simulcast text: {ref!r:.300} / {other!r:.300}")
+    passthrough, transcoded = (other, ref) if mode == 1 else (ref, other)
+    simulcast_taken = passthrough[0] == "ok" and passthrough[1].video is not None and bool(
+        passthrough[1].video.rids)
+    if transcoded == ("error", (406, SIMULCAST_TRANSCODING)):
+        pass  # passthrough takes the layers, or refuses them for what they are
     else:
+        expect(not simulcast_taken, f"simulcast taken, but transcoding said {transcoded!r:.300}")
         expect_same("transcoding", ref, other, ("as mode", "other transcoding"))
 
 

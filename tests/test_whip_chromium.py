@@ -35,7 +35,7 @@ import pytest
 from livekit.protocol import ingress as pb
 from livekit.protocol import models
 
-from tests.livekit import API_KEY, API_SECRET, LiveKitServer, watch
+from tests.livekit import API_KEY, API_SECRET, LiveKitServer, watch, watch_layer_stats
 from tests.service import ServiceProcess, run_asyncio
 from tests.test_media_e2e import state, wait_for
 from tests.test_whip_e2e import create_whip, endpoint, whip_service  # noqa: F401 (fixture)
@@ -55,6 +55,7 @@ PAGE = """<!doctype html>
 <script>
 const whip = new URLSearchParams(location.search).get("whip");
 const restart = new URLSearchParams(location.search).has("restart");
+const simulcast = new URLSearchParams(location.search).has("simulcast");
 const sleep = ms => new Promise(done => setTimeout(done, ms));
 
 function report(step, data = {}) {
@@ -73,7 +74,7 @@ function gathered(pc, ms) {
 }
 
 async function sending(pc) {
-  const out = {video: null, audio: null, pair: null};
+  const out = {video: null, audio: null, pair: null, layers: {}};
   const stats = await pc.getStats();
   stats.forEach(s => {
     if (s.type === "outbound-rtp") {
@@ -84,6 +85,7 @@ async function sending(pc) {
                      encoder: s.encoderImplementation,
                      limitation: s.qualityLimitationReason,
                      mimeType: codec && codec.mimeType, fmtp: codec && codec.sdpFmtpLine};
+      if (s.rid) out.layers[s.rid] = out[s.kind];
     }
     if (s.type === "transport" && s.selectedCandidatePairId) {
       const pair = stats.get(s.selectedCandidatePairId);
@@ -149,7 +151,8 @@ async function restartIce(pc, resource, answer) {
 
 async function main() {
   const stream = await navigator.mediaDevices.getUserMedia(
-    {video: {width: 640, height: 480}, audio: true});
+    {video: simulcast ? {width: 1280, height: 720} : {width: 640, height: 480},
+     audio: true});
   const [video] = stream.getVideoTracks();
   const [audio] = stream.getAudioTracks();
   await report("media", {video: video.getSettings(), audio: audio.getSettings()});
@@ -157,8 +160,13 @@ async function main() {
   const pc = new RTCPeerConnection();
   pc.addEventListener("connectionstatechange",
                       () => report("connection", {state: pc.connectionState}));
-  const videoSender = pc.addTransceiver(video, {direction: "sendonly", streams: [stream]})
-    .sender;
+  // three encodings, as browsers and OBS send simulcast over WHIP
+  const sendEncodings = simulcast ? [
+    {rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150000},
+    {rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500000},
+    {rid: "f", maxBitrate: 1500000}] : undefined;
+  const videoSender = pc.addTransceiver(video, {direction: "sendonly", streams: [stream],
+                                               sendEncodings}).sender;
   pc.addTransceiver(audio, {direction: "sendonly", streams: [stream]});
   // the test checks the size that arrives: no scaling down on a busy machine
   const parameters = videoSender.getParameters();
@@ -246,10 +254,12 @@ class PublisherPage:
         self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def url(self, whip_url: str, *, restart_ice: bool = False) -> str:
-        """The page publishing to `whip_url` (and restarting ICE 3 s after connecting)."""
+    def url(self, whip_url: str, *, restart_ice: bool = False,
+            simulcast: bool = False) -> str:
+        """The page publishing to `whip_url` (and restarting ICE 3 s after connecting;
+        or sending 1280x720 as three simulcast layers)."""
         return f"{self.origin}/?whip={quote(whip_url, safe='')}" + (
-            "&restart" if restart_ice else "")
+            "&restart" if restart_ice else "") + ("&simulcast" if simulcast else "")
 
     def __enter__(self) -> PublisherPage:
         self.thread.start()
@@ -545,3 +555,45 @@ def test_chromium_restarts_ice_over_whip(whip_service: ServiceProcess,  # noqa: 
     (got,) = seen
     late = [t for t in got.video_times if t > restarted_at + 1]
     assert len(late) >= 40, (len(got.video_times), len(late), sent["video"])
+
+
+def test_chromium_simulcast_layers_each_reach_a_subscriber(
+        whip_service: ServiceProcess, livekit: LiveKitServer,  # noqa: F811
+        tmp_path: Path) -> None:
+    """Chromium sends three encodings (rids q, h, f: 320x180, 640x360, 1280x720) with
+    transcoding off: the offer is taken, each layer is forwarded as that layer, and a
+    subscriber selecting LOW, MEDIUM and HIGH gets each size. Its audio is the
+    publisher's Opus, forwarded (the state says Opus; the viewer hears the beep)."""
+    room, identity = "whip-chromium-simulcast", "chromium-simulcast"
+    info = create_whip(whip_service, room, identity)
+    whip_url = endpoint(whip_service, info.stream_key)
+    with PublisherPage() as page, chromium(tmp_path, page.url(whip_url, simulcast=True)
+                                           ) as browser:
+        answer = page.step("answer", 60, browser.gone)
+        offer = page.step("offer", 0, browser.gone)
+        assert answer["status"] == 201, (answer, offer["sdp"])
+        assert "a=simulcast:recv q;h;f" in answer["sdp"], answer["sdp"]
+        wait_for(whip_service, info.ingress_id, pb.IngressState.ENDPOINT_PUBLISHING)
+        # the browser enables its upper layers as its bandwidth estimate (our REMB) grows
+        sent = page.wait(lambda e: e["step"] == "stats" and len(e["layers"]) == 3 and all(
+            (layer["framesSent"] or 0) > 30 for layer in e["layers"].values()),
+            "three layers sending", 60, browser.gone)
+        layers = {rid: (layer["width"], layer["height"]) for rid, layer in
+                  sent["layers"].items()}
+        assert layers == {"q": (320, 180), "h": (640, 360), "f": (1280, 720)}, sent
+        seen = watch_layer_stats(livekit.url, room, {"HIGH": 2, "MEDIUM": 1, "LOW": 0},
+                                 settle=2.0, hold=3.0)
+        during = state(whip_service, info.ingress_id)
+        page.released.set()
+        page.step("deleted", 20, browser.gone)
+    video = [t for t in during.tracks if t.type == models.TrackType.VIDEO]
+    assert video and video[0].simulcast, during.tracks
+    assert [(layer.width, layer.height) for layer in video[0].layers] == [
+        (320, 180), (640, 360), (1280, 720)], video[0].layers
+    assert during.audio.mime_type == "audio/opus", during.audio
+    report = {name: (got.sizes.most_common(1), round(got.fps, 1)) for name, got in
+              seen.items()}
+    for name, size in {"LOW": (320, 180), "MEDIUM": (640, 360), "HIGH": (1280, 720)}.items():
+        got = seen[name]
+        assert got.sizes and got.sizes.most_common(1)[0][0] == size, (name, report)
+        assert got.fps >= 8, (name, report)  # the fake camera's 20 fps, not frozen

@@ -264,31 +264,61 @@ def test_aiortc_offers_need_their_ice_and_dtls_lines(offers: dict[str, str]) -> 
 
 def test_simulcast_with_aiortc_rids(offers: dict[str, str]) -> None:
     sdp = offers["video"].replace("a=mid:0\r\n", "a=mid:0\r\na=rid:h send\r\na=rid:l send\r\n")
-    refused(sdp, 406, whip._sdp.SIMULCAST_PASSTHROUGH)
+    # rids need the rtp-stream-id extension to be told apart
+    refused(sdp, 406, whip._sdp.SIMULCAST_NO_RID_EXTENSION)
+    with_ext = sdp.replace("a=mid:0\r\n", f"a=mid:0\r\na=extmap:9 {whip._sdp.RID_URI}\r\n")
+    video = accepted(with_ext).video
+    assert video is not None and video.rids == ("h", "l") and video.rid_extension == 9
     refused(sdp, 406, "simulcast is not supported when transcoding", transcoding=True)
     one = offers["video"].replace("a=mid:0\r\n", "a=mid:0\r\na=rid:h send\r\n")
-    assert accepted(one).video is not None  # one rid is one layer
+    video = accepted(one).video
+    assert video is not None and video.rids == ()  # one rid is one layer
 
 
 # -- Chromium ---------------------------------------------------------------------------
 
 
-def test_chrome_simulcast_is_refused() -> None:
+def test_chrome_simulcast_is_taken_without_transcoding() -> None:
+    video = accepted(CHROME_SIMULCAST).video
+    assert video is not None
+    assert (video.rids, video.rid_extension, video.mid) == (("q", "h", "f"), 10, "1")
     refused(CHROME_SIMULCAST, 406, "simulcast is not supported when transcoding",
             transcoding=True)
-    refused(CHROME_SIMULCAST, 406,
-            "simulcast receive is not supported yet (send a single layer)")
-    # a=simulcast alone, or only the rids, are each simulcast
-    refused(without(CHROME_SIMULCAST, *SIMULCAST_LINES[:3]), 406,
-            "simulcast is not supported when transcoding", transcoding=True)
-    refused(without(CHROME_SIMULCAST, SIMULCAST_LINES[3]), 406,
-            "simulcast receive is not supported yet (send a single layer)")
+    # the rids alone (no a=simulcast) are simulcast too, in their order
+    alone = accepted(without(CHROME_SIMULCAST, SIMULCAST_LINES[3])).video
+    assert alone is not None and alone.rids == ("q", "h", "f")
+    refused(without(CHROME_SIMULCAST, *SIMULCAST_LINES[:3]), 400,
+            "a=simulcast names rid q, which no a=rid line sends")
+    paused = CHROME_SIMULCAST.replace("a=simulcast:send q;h;f", "a=simulcast:send ~q;h,f;f")
+    video = accepted(paused).video
+    assert video is not None and video.rids == ("q", "h", "f")
+    four = CHROME_SIMULCAST.replace("a=simulcast:send q;h;f",
+                                    "a=rid:x send\r\na=simulcast:send q;h;f;x")
+    refused(four, 406, "4 simulcast layers (at most 3)")
+    with pytest.raises(whip.WhipOfferError, match="malformed a=rid"):
+        whip.inspect_offer(CHROME_SIMULCAST.replace("a=rid:q send", "a=rid:q! send"),
+                           transcoding=False)
 
 
-def test_chrome_legacy_sim_ssrc_group_is_simulcast() -> None:
+def test_simulcast_answer_accepts_the_offered_layers() -> None:
+    video = accepted(CHROME_SIMULCAST).video
+    assert video is not None
+    answer = ("v=0\r\ns=-\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n"
+              "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=rtpmap:96 VP8/90000\r\n")
+    munged = whip.simulcast_answer(answer, video)
+    audio_part, video_part = munged.split("m=video")
+    assert "rid" not in audio_part
+    assert video_part.endswith("a=rid:q recv\r\na=rid:h recv\r\na=rid:f recv\r\n"
+                               "a=simulcast:recv q;h;f\r\n")
+    assert f"a=mid:1\r\na=extmap:10 {whip._sdp.RID_URI}" in video_part
+    single = accepted(CHROME).video
+    assert single is not None and whip.simulcast_answer(answer, single) == answer
+
+
+def test_chrome_legacy_sim_ssrc_group_is_refused() -> None:
     sdp = CHROME.replace("a=rtpmap:96 VP8/90000\r\n", "a=ssrc-group:SIM 11 22 33\r\n"
                          "a=ssrc:11 cname:x\r\na=rtpmap:96 VP8/90000\r\n")
-    refused(sdp, 406, "simulcast receive is not supported yet (send a single layer)")
+    refused(sdp, 406, whip._sdp.SIMULCAST_SSRC_GROUP)
 
 
 def test_chrome_single_layer_picks_h264_42e01f_then_the_rest() -> None:

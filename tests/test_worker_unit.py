@@ -90,3 +90,29 @@ async def test_ice_restart_answers_reach_the_restart_that_asked() -> None:
         await worker.exited.wait()
         assert await worker.restart_ice(IceRestart("efgh", "q" * 22), timeout=5) is None
     assert process.returncode == 0
+
+
+def test_simulcast_passthrough_orders_and_guesses_layers() -> None:
+    from relay.worker.passthrough import _guess_sizes, _layer_order
+
+    seen = {"q": (320, 180), "h": (640, 360)}
+    assert _layer_order(("q", "h", "f"), seen) == ["q", "h", "f"]
+    # an offer listing its layers high to low, as some clients do
+    assert _layer_order(("f", "h", "q"), seen) == ["q", "h", "f"]
+    # the top layer not seen yet (the browser's estimate has not allowed it): twice its
+    # neighbour's size; a lower one unseen: half
+    assert _guess_sizes(["q", "h", "f"], seen) == [(320, 180), (640, 360), (1280, 720)]
+    assert _guess_sizes(["q", "h", "f"], {"f": (1280, 720)}) == [
+        (320, 180), (640, 360), (1280, 720)]
+
+
+def test_rtp_timestamps_only_move_forward() -> None:
+    from relay.worker.session import MonotonicClock
+
+    clock = MonotonicClock()
+    assert [clock(pts, pts / 1000) for pts in (0, 33, 66)] == [0, 33, 66]
+    assert clock(3_600_000, 0.1) == 100  # a leap: continues by the wall time (34 ms)
+    assert clock(3_600_033, 0.133) == 133  # then follows the source again
+    assert clock(0, 0.166) == 166  # an encoder restart at 0
+    assert clock(0, 0.166) == 166 + 0  # a repeated timestamp stays (no step back)
+    assert clock(33, 0.2) == 199

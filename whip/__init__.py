@@ -21,9 +21,12 @@ Offers (:func:`inspect_offer`): RFC 8866 text with CRLF or LF line ends, at most
 of UTF-8. At most one sending audio and one sending video m-line (406 "more than 1
 track with given media kind", LiveKit's text); video in H.264 (packetization-mode=1,
 any profile) or VP8, audio in Opus/48000/2 (else 406 "no supported codec for <kind>
-(offered: ...)"); no simulcast (406); ICE credentials, a DTLS fingerprint, a=mid on
-each sent m-line and one BUNDLE group (else 400). The result, :class:`OfferSummary`,
-names the chosen payload type per :class:`MediaSection` and keeps the offer text.
+(offered: ...)"); simulcast by rid (RFC 8853, at most 3 layers, with the
+rtp-stream-id header extension) only without transcoding (406 otherwise;
+:func:`simulcast_answer` puts the layers in an answer); ICE credentials, a DTLS
+fingerprint, a=mid on each sent m-line and one BUNDLE group (else 400). The result,
+:class:`OfferSummary`, names the chosen payload type per :class:`MediaSection` and
+keeps the offer text.
 
 PATCH bodies (:func:`parse_trickle`, RFC 8840 / RFC 9725 §4.3): at most 64 KiB and
 :data:`MAX_CANDIDATES` ``a=candidate`` lines, parsed into :class:`Candidate` with the
@@ -38,7 +41,14 @@ A wrong argument type or an unknown name in ``video_codecs`` is a caller bug
 
 from __future__ import annotations
 
-from ._sdp import MAX_BODY_BYTES, MediaSection, OfferSummary, WhipOfferError, inspect_offer
+from ._sdp import (
+    MAX_BODY_BYTES,
+    MediaSection,
+    OfferSummary,
+    WhipOfferError,
+    inspect_offer,
+    simulcast_answer,
+)
 from ._trickle import MAX_CANDIDATES, Candidate, TrickleUpdate, parse_trickle
 
 __all__ = [
@@ -51,4 +61,5 @@ __all__ = [
     "WhipOfferError",
     "inspect_offer",
     "parse_trickle",
+    "simulcast_answer",
 ]

@@ -18,13 +18,19 @@ __all__ = [
     "OfferSummary",
     "WhipOfferError",
     "inspect_offer",
+    "simulcast_answer",
 ]
 
 MAX_BODY_BYTES = 64 * 1024  # the HTTP side caps bodies at the same size
 
 DUPLICATE_KIND = "more than 1 track with given media kind"  # LiveKit's text
 SIMULCAST_TRANSCODING = "simulcast is not supported when transcoding"  # LiveKit's text
-SIMULCAST_PASSTHROUGH = "simulcast receive is not supported yet (send a single layer)"
+SIMULCAST_SSRC_GROUP = "simulcast by SSRC group (a=ssrc-group:SIM) is not supported: use rids"
+SIMULCAST_NO_RID_EXTENSION = ("simulcast needs the rtp-stream-id header extension "
+                              "(a=extmap ... urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id)")
+MAX_SIMULCAST_LAYERS = 3  # LiveKit's LOW, MEDIUM, HIGH
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+_RID = re.compile(r"[A-Za-z0-9_-]{1,16}")  # RFC 8851 rid-id, bounded
 
 _DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 _SENDING = ("sendrecv", "sendonly")
@@ -79,6 +85,8 @@ class MediaSection:
     rtx_payload_type: int | None = None
     profile_level_id: str | None = None  # H.264 only, as offered (None: absent)
     ssrc: int | None = None
+    rids: tuple[str, ...] = ()  # simulcast layers sent (a=simulcast:send order), if any
+    rid_extension: int | None = None  # the offer's id of the rtp-stream-id extension
 
     @property
     def fmtp_params(self) -> dict[str, str]:
@@ -349,8 +357,54 @@ def _offered_names(codecs: dict[int, _Codec]) -> str:
 def _simulcast(section: _Section) -> bool:
     if section.has("simulcast") or len(section.values("rid")) >= 2:
         return True
+    return _sim_group(section)
+
+
+def _sim_group(section: _Section) -> bool:
     return any(v.split(" ")[0] == "SIM" and len(v.split()) >= 3
                for _, v in section.values("ssrc-group"))
+
+
+def _simulcast_rids(section: _Section) -> tuple[tuple[str, ...], int]:
+    """The rids of a simulcast offer (RFC 8853), in its ``a=simulcast:send`` order, and
+    the rtp-stream-id extension id. Each stream's first alternative is taken; a paused
+    one (``~``) still counts (the publisher may resume it)."""
+    if _sim_group(section):
+        raise WhipOfferError(406, SIMULCAST_SSRC_GROUP)
+    declared = {}
+    for number, value in section.values("rid"):
+        parts = value.split(" ")
+        if len(parts) < 2 or not _RID.fullmatch(parts[0]) or parts[1] not in ("send",
+                                                                             "recv"):
+            raise WhipOfferError(400, f"line {number}: malformed a=rid")
+        declared[parts[0]] = parts[1]
+    rids: list[str] = []
+    simulcast = section.first("simulcast")
+    if simulcast is not None:
+        words = simulcast.split()
+        if "send" not in words or words.index("send") + 1 >= len(words):
+            raise WhipOfferError(406, "simulcast that sends nothing (a=simulcast without "
+                                 "send)")
+        for stream in words[words.index("send") + 1].split(";"):
+            rid = stream.split(",")[0].lstrip("~")
+            if declared.get(rid) != "send":
+                raise WhipOfferError(400, f"a=simulcast names rid {show(rid)}, which no "
+                                     "a=rid line sends")
+            if rid not in rids:
+                rids.append(rid)
+    else:  # a=rid lines alone (a client that omits a=simulcast)
+        rids = [rid for rid, direction in declared.items() if direction == "send"]
+    if len(rids) > MAX_SIMULCAST_LAYERS:
+        raise WhipOfferError(406, f"{len(rids)} simulcast layers (at most "
+                             f"{MAX_SIMULCAST_LAYERS})")
+    extension = None
+    for _, value in section.values("extmap"):
+        head, _, uri = value.partition(" ")
+        if uri.split(" ")[0] == RID_URI and head.split("/")[0].isdigit():
+            extension = int(head.split("/")[0])
+    if extension is None:
+        raise WhipOfferError(406, SIMULCAST_NO_RID_EXTENSION)
+    return tuple(rids), extension
 
 
 def _ssrc(section: _Section) -> int | None:
@@ -378,9 +432,12 @@ def _media(section: _Section, direction: str, mid: str, transcoding: bool,
         raise WhipOfferError(406, f"{kind} transport {show(section.proto)} is not "
                              "DTLS-SRTP (UDP/TLS/RTP/SAVPF)")
     codecs, wildcard = _codecs(section)
+    rids: tuple[str, ...] = ()
+    rid_extension = None
     if kind == "video" and _simulcast(section):
-        raise WhipOfferError(406, SIMULCAST_TRANSCODING if transcoding
-                             else SIMULCAST_PASSTHROUGH)
+        if transcoding:
+            raise WhipOfferError(406, SIMULCAST_TRANSCODING)
+        rids, rid_extension = _simulcast_rids(section)
     wanted = ["opus"] if kind == "audio" else list(dict.fromkeys(c.lower() for c in video_codecs))
     chosen: list[_Codec] = []
     for name in wanted:
@@ -403,7 +460,7 @@ def _media(section: _Section, direction: str, mid: str, transcoding: bool,
         payload_types=tuple(c.pt for c in chosen), rtx_payload_type=rtx,
         profile_level_id=best.params.get("profile-level-id") if kind == "video"
         and best.name.lower() == "h264" else None,
-        ssrc=_ssrc(section),
+        ssrc=_ssrc(section), rids=rids, rid_extension=rid_extension,
     )
 
 
@@ -494,3 +551,40 @@ def inspect_offer(sdp: str | bytes, *, transcoding: bool,
     by_kind = {m.kind: m for m in media}
     return OfferSummary(audio=by_kind.get("audio"), video=by_kind.get("video"),
                         ice_ufrag=ufrag, ice_pwd=pwd, bundle=bundle, sdp=text)
+
+
+def simulcast_answer(answer: str, video: MediaSection) -> str:
+    """An answer (e.g. aiortc's, which knows no simulcast) that accepts the offer's
+    simulcast layers: in the video m-section, the rtp-stream-id extension with the
+    offer's id, ``a=rid:<rid> recv`` per layer and ``a=simulcast:recv`` in the offer's
+    order (RFC 8853 §5.3). Unchanged if the offer had no simulcast."""
+    if not video.rids or video.rid_extension is None:
+        return answer
+    lines = answer.replace("\r\n", "\n").split("\n")
+    out: list[str] = []
+    in_video = False
+    done = False
+
+    def close_section() -> None:
+        nonlocal done
+        if in_video and not done:
+            out.extend(f"a=rid:{rid} recv" for rid in video.rids)
+            out.append("a=simulcast:recv " + ";".join(video.rids))
+            done = True
+
+    for line in lines:
+        if line.startswith("m="):
+            close_section()
+            in_video = False
+        if line == f"a=mid:{video.mid}":
+            in_video = True
+            out.append(line)
+            if not any(RID_URI in other for other in lines):
+                out.append(f"a=extmap:{video.rid_extension} {RID_URI}")
+            continue
+        if line:
+            out.append(line)
+    close_section()
+    if not done:
+        raise ValueError(f"the answer has no m-section with a=mid:{video.mid}")
+    return "\r\n".join(out) + "\r\n"

@@ -20,7 +20,7 @@ import rtmp
 
 from .encode import packetize_access_unit
 from .room import PublishedTrack, VideoLayer
-from .session import MIME, Session, SessionFailed
+from .session import MIME, MonotonicClock, Session, SessionFailed
 
 ADVICE = ("turn transcoding on for this ingress (enable_transcoding: true) or set the "
           "encoder to H.264 without B-frames (x264: -bf 0; OBS: profile baseline)")
@@ -51,45 +51,124 @@ def annexb(data: bytes, nal_length_size: int) -> bytes:
 
 
 class EncodedVideoOutput:
-    """Access units -> one-layer video track (published at the first keyframe).
+    """Access units -> one video track: one layer, or the publisher's simulcast layers.
+
+    The track is published once every layer has shown a keyframe (its size comes from
+    decoding it), or `LAYER_WAIT` seconds after the first one did: a layer that is
+    later than that (a browser holds its upper layers back until its bandwidth
+    estimate allows them) is not announced and not sent. Layers are ordered by size
+    and announced as LOW / MEDIUM / HIGH.
 
     A keyframe request from the room cannot be served here (we do not encode): the
     input decides what to do with `keyframe_requested()` (WHIP asks its publisher
     with a PLI; RTMP has no way back and waits for the encoder's next keyframe).
     """
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, rids: tuple[str, ...] = ("",)) -> None:
         self.session = session
-        self.size: tuple[int, int] | None = None
+        self.rids = rids
+        self.sizes: dict[str, tuple[int, int]] = {}
+        self.first_size_at: float | None = None
+        self.layers: list[str] = []  # the published rids, LOW first
         self.track: PublishedTrack | None = None
-        self.picture_id = 0
+        self.picture_ids = dict.fromkeys(rids, 0)
+        self.clocks = {rid: MonotonicClock() for rid in rids}
 
-    async def send(self, codec: str, data: bytes, keyframe: bool, timestamp_us: int) -> None:
+    @property
+    def top(self) -> str | None:
+        """The rid of the published top layer (None before publishing)."""
+        return self.layers[-1] if self.layers else None
+
+    async def send(self, codec: str, data: bytes, keyframe: bool, timestamp_us: int,
+                   rid: str = "") -> None:
         session = self.session
         session.video_in.mime = MIME.get(codec, codec)
+        if rid not in self.picture_ids:
+            return
         if keyframe:
-            self.size = await trio.to_thread.run_sync(probe_size, codec, data) or self.size
-        if self.size is None:
-            return  # nothing to show before the first keyframe
-        session.video_in.width, session.video_in.height = self.size
+            size = await trio.to_thread.run_sync(probe_size, codec, data)
+            if size is not None:
+                self.sizes[rid] = size
+                if self.first_size_at is None:
+                    self.first_size_at = trio.current_time()
+        if rid not in self.sizes:
+            return  # nothing to show before the layer's first keyframe
         if self.track is None:
-            width, height = self.size
-            self.track = await session.publisher.publish_video(
-                [VideoLayer(models.VideoQuality.HIGH, width, height,
-                            session.video_encoding.top.bitrate)],
-                codec=codec, name=session.info.video.name, source=session.info.video.source)
-            await session.report_state("publishing")
-        frame = packetize_access_unit(codec, data, timestamp_us * 9 // 100, keyframe,
-                                      self.picture_id)
-        self.picture_id = (self.picture_id + 1) % (1 << 15)
-        session.publisher.send(self.track, 0, frame.payloads, frame.timestamp)
-        session.captured_video += 1
+            assert self.first_size_at is not None
+            if (len(self.sizes) < len(self.rids)
+                    and trio.current_time() - self.first_size_at < LAYER_WAIT):
+                return
+            await self._publish(codec)
+        if rid not in self.layers:
+            return
+        layer = self.layers.index(rid)
+        if rid == self.top:
+            session.video_in.width, session.video_in.height = self.sizes[rid]
+            session.captured_video += 1
+        rtp_us = self.clocks[rid](timestamp_us // 1000, trio.current_time()) * 1000 + (
+            timestamp_us % 1000)
+        frame = packetize_access_unit(codec, data, rtp_us * 9 // 100, keyframe,
+                                      self.picture_ids[rid])
+        self.picture_ids[rid] = (self.picture_ids[rid] + 1) % (1 << 15)
+        session.publisher.send(self.track, layer, frame.payloads, frame.timestamp)
 
-    def keyframe_requested(self) -> bool:
-        """Whether a subscriber asked for a keyframe (the SFU's PLI) since the last call."""
-        if self.track is None:
+    async def _publish(self, codec: str) -> None:
+        session = self.session
+        self.layers = _layer_order(self.rids, self.sizes)
+        sizes = _guess_sizes(self.layers, self.sizes)
+        top_width, top_height = sizes[-1]
+        top_rate = session.video_encoding.top.bitrate
+        layers = []
+        for (width, height), quality in zip(sizes, _QUALITIES[len(sizes)], strict=True):
+            share = (width * height) / (top_width * top_height)
+            layers.append(VideoLayer(quality, width, height,
+                                     max(1, int(top_rate * share ** 0.75))))
+        self.track = await session.publisher.publish_video(
+            layers, codec=codec, name=session.info.video.name,
+            source=session.info.video.source)
+        await session.report_state("publishing")
+
+    def keyframe_requested(self, layer: int = 0) -> bool:
+        """Whether a subscriber asked for a keyframe of a layer (the SFU's PLI) since the
+        last call."""
+        if self.track is None or layer >= len(self.layers):
             return False
-        return self.session.publisher.take_keyframe_request(self.track, 0)
+        return self.session.publisher.take_keyframe_request(self.track, layer)
+
+
+LAYER_WAIT = 3.0
+
+
+def _layer_order(rids: tuple[str, ...], sizes: dict[str, tuple[int, int]]) -> list[str]:
+    """The rids lowest first: the offer's simulcast order (low to high, as LiveKit's
+    clients and OBS send it), reversed if the sizes seen so far say it runs high to low."""
+    known = [sizes[rid][0] * sizes[rid][1] for rid in rids if rid in sizes]
+    order = list(rids)
+    if len(known) >= 2 and known == sorted(known, reverse=True) and known[0] > known[-1]:
+        order.reverse()
+    return order
+
+
+def _guess_sizes(order: list[str], sizes: dict[str, tuple[int, int]]
+                 ) -> list[tuple[int, int]]:
+    """Each layer's size: as seen, or for a layer not seen yet (a browser enables its
+    upper layers as its bandwidth estimate grows) twice or half its nearest seen
+    neighbour's per step, the ratio browsers use between simulcast layers."""
+    seen = [i for i, rid in enumerate(order) if rid in sizes]
+    out = []
+    for i, rid in enumerate(order):
+        if rid in sizes:
+            out.append(sizes[rid])
+            continue
+        near = min(seen, key=lambda j: abs(j - i))
+        width, height = sizes[order[near]]
+        factor = 2.0 ** (i - near)
+        out.append((max(2, int(width * factor) // 2 * 2), max(2, int(height * factor) // 2 * 2)))
+    return out
+_QUALITIES = {1: (models.VideoQuality.HIGH,),
+              2: (models.VideoQuality.LOW, models.VideoQuality.HIGH),
+              3: (models.VideoQuality.LOW, models.VideoQuality.MEDIUM,
+                  models.VideoQuality.HIGH)}
 
 
 async def rtmp_passthrough_stage(session: Session, frames: trio.MemoryReceiveChannel) -> None:

@@ -11,6 +11,8 @@ url_input.py, whip_input.py) feed it; main.py picks the input.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +87,35 @@ class FrameRateLimiter:
         else:
             self._next += self.interval
         return True
+
+
+class MonotonicClock:
+    """Source timestamps (ms) -> timestamps that only move forward, for RTP.
+
+    A subscriber's jitter buffer drops frames whose RTP time goes back, and waits on
+    one that leaps ahead; sources do both (an encoder restarting at 0, a clock that
+    jumps). While the source runs normally its timestamps pass as they are (offset);
+    after a step back or a leap of more than `MAX_STEP_MS`, the line continues from
+    the last output by the wall time that passed (`now`, seconds), at least 1 ms.
+    """
+
+    MAX_STEP_MS = 1000
+
+    def __init__(self) -> None:
+        self._offset = 0
+        self._last_in: int | None = None
+        self._last_out = 0
+        self._last_now = 0.0
+
+    def __call__(self, pts_ms: int, now: float) -> int:
+        if self._last_in is not None:
+            step = pts_ms - self._last_in
+            if step < 0 or step > self.MAX_STEP_MS:
+                elapsed = max(1, round((now - self._last_now) * 1000))
+                self._offset = self._last_out + elapsed - pts_ms
+        self._last_in, self._last_now = pts_ms, now
+        self._last_out = pts_ms + self._offset
+        return self._last_out
 
 
 class LagGate:
@@ -185,6 +216,7 @@ class PictureOutput:
         self.layers: tuple[LayerSpec, ...] = ()
         self.inputs: list[trio.MemorySendChannel] = []
         self.track: PublishedTrack | None = None
+        self.clock = MonotonicClock()
 
     async def show(self, picture: av.VideoFrame, pts_ms: int) -> None:
         session = self.session
@@ -193,9 +225,10 @@ class PictureOutput:
             return
         if self.track is None:
             await self._publish(picture.width, picture.height)
+        rtp_ms = self.clock(pts_ms, trio.current_time())
         for channel in self.inputs:
             try:
-                channel.send_nowait((picture, pts_ms))
+                channel.send_nowait((picture, rtp_ms))
             except trio.WouldBlock:
                 session.dropped_encoder += 1
 
@@ -237,6 +270,18 @@ class PictureOutput:
     def close(self) -> None:
         for channel in self.inputs:
             channel.close()
+
+
+@asynccontextmanager
+async def open_picture_output(session: Session) -> AsyncIterator[PictureOutput]:
+    """A PictureOutput whose layer encoders run in a nursery of their own, closed (the
+    encoders finish their last picture) when the block ends."""
+    async with trio.open_nursery() as encoders:
+        output = PictureOutput(session, encoders)
+        try:
+            yield output
+        finally:
+            output.close()
 
 
 def _open_encoder(codec: str, width: int, height: int, bitrate: int,
@@ -318,12 +363,8 @@ class Session:
     # -- video ---------------------------------------------------------------------
 
     async def video_stage(self, frames: trio.MemoryReceiveChannel) -> None:
-        async with trio.open_nursery() as encoders:
-            output = PictureOutput(self, encoders)
-            try:
-                await self._decode_video(frames, output)
-            finally:
-                output.close()
+        async with open_picture_output(self) as output:
+            await self._decode_video(frames, output)
 
     async def _decode_video(self, frames: trio.MemoryReceiveChannel,
                             output: PictureOutput) -> None:

@@ -50,7 +50,7 @@ from relay.wire import EndOfStream, MessageReader
 from . import egress, srt
 from .egress_gate import EgressGate, failure_text, open_egress_gate
 from .session import MIME as CODEC_MIME
-from .session import AudioOutput, PictureOutput, Session, SessionFailed
+from .session import AudioOutput, Session, SessionFailed, open_picture_output
 
 log = logging.getLogger("relay.worker.url_input")
 
@@ -509,16 +509,16 @@ class UrlPull:
         stream = source.video
         codec = stream.codec_context
         session.video_in.mime = MIME.get(codec.name, f"video/{codec.name}")
-        output = PictureOutput(session)
         time_base = stream.time_base
-        async with packets:
-            async for packet in packets:
-                at = _ms(packet, time_base)
-                session.video_in.count(at or 0, packet.size)
-                pictures = await trio.to_thread.run_sync(_decode, codec, packet)
-                await self._show(output, pictures, time_base)
-        await self._show(output, await trio.to_thread.run_sync(_decode, codec, None),
-                         time_base)
+        async with open_picture_output(session) as output:
+            async with packets:
+                async for packet in packets:
+                    at = _ms(packet, time_base)
+                    session.video_in.count(at or 0, packet.size)
+                    pictures = await trio.to_thread.run_sync(_decode, codec, packet)
+                    await self._show(output, pictures, time_base)
+            await self._show(output, await trio.to_thread.run_sync(_decode, codec, None),
+                             time_base)
 
     async def _show(self, output: Any, pictures: list[Any], time_base: Fraction) -> None:
         for picture in pictures:

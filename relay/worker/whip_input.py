@@ -44,9 +44,9 @@ from .session import (
     MIME,
     NO_MEDIA_TIMEOUT,
     AudioOutput,
-    PictureOutput,
     Session,
     SessionFailed,
+    open_picture_output,
 )
 from .whip_peer import EncodedPicture, OpusPacket, PeerFailed, WhipPeer
 
@@ -111,7 +111,8 @@ class WhipSession:
         self.peer = WhipPeer(passthrough=not start.transcode)
         self.end = EndOfStream("")
         self.last_media = trio.current_time()
-        self.keyframe_wanted = False  # a subscriber asked; no keyframe has passed since
+        # layers (rids) a subscriber asked a keyframe of; none has passed since
+        self.keyframe_wanted: set[str] = set()
 
     async def run(self) -> None:
         """Answer, join, move media until the publisher or the front ends it."""
@@ -186,48 +187,49 @@ class WhipSession:
                 raise SessionFailed(f"no media received for {NO_MEDIA_TIMEOUT:.0f} s")
 
     async def passthrough_video(self) -> None:
-        output = EncodedVideoOutput(self.session)
+        output = EncodedVideoOutput(self.session, self.peer.rids or ("",))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.forward_keyframe_requests, output)
             async for picture in self.peer.video:
                 assert isinstance(picture, EncodedPicture)
                 self.last_media = trio.current_time()
-                self.session.video_in.count(picture.timestamp_us // 1000, len(picture.data))
+                if output.top in (None, picture.rid):  # the input is its top layer
+                    self.session.video_in.count(picture.timestamp_us // 1000,
+                                                len(picture.data))
                 if picture.keyframe:
-                    self.keyframe_wanted = False
+                    self.keyframe_wanted.discard(picture.rid)
                 await output.send(picture.codec, picture.data, picture.keyframe,
-                                  picture.timestamp_us)
+                                  picture.timestamp_us, picture.rid)
             nursery.cancel_scope.cancel()
 
     async def forward_keyframe_requests(self, output: EncodedVideoOutput) -> None:
-        """Subscribers' keyframe requests (the SFU's PLI) -> PLI to the publisher, sent
-        again every PLI_RETRY until a keyframe has passed through: a PLI can be lost, or
-        come before the publisher's SSRC is known, and a viewer without a keyframe sees
-        nothing until the publisher's next one on its own (seconds for an encoder with
-        a long GOP: the H.264 passthrough test saw no video in 1 run of 4)."""
-        last_pli = -PLI_RETRY
+        """Subscribers' keyframe requests (the SFU's PLI, per layer) -> PLI to the
+        publisher, sent again every PLI_RETRY until a keyframe of that layer has passed
+        through: a PLI can be lost, or come before the publisher's SSRC is known, and a
+        viewer without a keyframe sees nothing until the publisher's next one on its
+        own (seconds for an encoder with a long GOP: the H.264 passthrough test saw no
+        video in 1 run of 4)."""
+        last_pli: dict[str, float] = {}
         while True:
             await trio.sleep(KEYFRAME_POLL)
-            if output.keyframe_requested():
-                self.keyframe_wanted = True
+            for index, rid in enumerate(output.layers):
+                if output.keyframe_requested(index):
+                    self.keyframe_wanted.add(rid)
             now = trio.current_time()
-            if self.keyframe_wanted and now - last_pli >= PLI_RETRY:
-                last_pli = now
-                await self.peer.request_keyframe()
+            for rid in list(self.keyframe_wanted):
+                if now - last_pli.get(rid, -PLI_RETRY) >= PLI_RETRY:
+                    last_pli[rid] = now
+                    await self.peer.request_keyframe(rid)
 
     async def transcoded_video(self) -> None:
-        async with trio.open_nursery() as encoders:
-            output = PictureOutput(self.session, encoders)
-            try:
-                async for picture in self.peer.video:
-                    self.last_media = trio.current_time()
-                    pts_ms = int(picture.pts or 0) * 1000 // RTP_VIDEO_CLOCK
-                    self.session.video_in.mime = MIME.get(self.peer.video_codec, "")
-                    self.session.video_in.count(pts_ms, 0)
-                    self.session.video_lag.observe(pts_ms)
-                    await output.show(picture, pts_ms)
-            finally:
-                output.close()
+        async with open_picture_output(self.session) as output:
+            async for picture in self.peer.video:
+                self.last_media = trio.current_time()
+                pts_ms = int(picture.pts or 0) * 1000 // RTP_VIDEO_CLOCK
+                self.session.video_in.mime = MIME.get(self.peer.video_codec, "")
+                self.session.video_in.count(pts_ms, 0)
+                self.session.video_lag.observe(pts_ms)
+                await output.show(picture, pts_ms)
 
     async def audio(self) -> None:
         if self.peer.passthrough:

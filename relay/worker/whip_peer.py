@@ -32,7 +32,10 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.sdp import candidate_from_sdp
 
+import whip
+
 from . import aio_thread
+from .whip_simulcast import SimulcastReceiver
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ class EncodedPicture:
     data: bytes
     keyframe: bool
     timestamp_us: int
+    rid: str = ""  # the simulcast layer it belongs to ("" without simulcast)
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,8 @@ class WhipPeer:
         self.dropped_video = 0
         self._pc: RTCPeerConnection | None = None
         self._video_receiver: RTCRtpReceiver | None = None
+        self.simulcast: SimulcastReceiver | None = None
+        self.rids: tuple[str, ...] = ()  # the offer's simulcast layers, if any
         self._video_ssrc = 0
         self._tracks: list[Any] = []
         self._edge = aio_thread.current()
@@ -144,18 +150,27 @@ class WhipPeer:
         pc.on("connectionstatechange", self._on_state)
         await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
         await pc.setLocalDescription(await pc.createAnswer())
+        # the front has checked the offer; here it only says which layers it sends
+        video = whip.inspect_offer(offer_sdp, transcoding=not self.passthrough).video
+        answer = pc.localDescription.sdp
         for transceiver in pc.getTransceivers():
             if transceiver.kind == "video" and transceiver.receiver.track is not None:
                 # negotiated, in the offer's order: the publisher sends the first one
                 names = [c.name.lower() for c in transceiver._codecs if c.name.lower() != "rtx"]
                 self.video_codec = names[0] if names else ""
                 self._video_receiver = transceiver.receiver
-                if self.passthrough:
+                if video is not None and video.rids and video.rid_extension is not None:
+                    self.rids = video.rids
+                    self.simulcast = SimulcastReceiver(
+                        transceiver.receiver, transceiver._codecs, video.rids,
+                        video.rid_extension, self._on_layer)
+                    answer = whip.simulcast_answer(answer, video)
+                elif self.passthrough:
                     tap_receiver(transceiver.receiver, self._on_encoded)
             if transceiver.kind == "audio" and self.passthrough:
                 tap_receiver(transceiver.receiver, self._on_opus)
         self.stereo = "stereo=1" in offer_sdp
-        return pc.localDescription.sdp
+        return answer
 
     def _on_track(self, track: Any) -> None:
         self._tracks.append(track)
@@ -183,6 +198,11 @@ class WhipPeer:
         name = codec.name.lower()
         picture = EncodedPicture(name, bytes(frame.data), is_keyframe(name, frame.data),
                                  frame.timestamp * 1_000_000 // RTP_VIDEO_CLOCK)
+        self._edge.to_trio(self._deliver, "video", picture)
+
+    def _on_layer(self, rid: str, codec: str, frame: Any) -> None:
+        picture = EncodedPicture(codec, bytes(frame.data), is_keyframe(codec, frame.data),
+                                 frame.timestamp * 1_000_000 // RTP_VIDEO_CLOCK, rid)
         self._edge.to_trio(self._deliver, "video", picture)
 
     def _on_opus(self, codec: Any, frame: Any) -> None:
@@ -272,8 +292,14 @@ class WhipPeer:
                 return connection
         raise PeerFailed("no ICE transport to restart")
 
-    async def request_keyframe(self) -> None:
-        """Ask the publisher for a keyframe (RTCP PLI), e.g. for a new subscriber."""
+    async def request_keyframe(self, rid: str = "") -> None:
+        """Ask the publisher for a keyframe (RTCP PLI), e.g. for a new subscriber; with
+        simulcast, for one layer."""
+        if self.simulcast is not None:
+            sent = await aio_thread.call(self.simulcast.request_keyframe, rid)
+            log.info("keyframe request: PLI for layer %r%s", rid,
+                     "" if sent else " (its SSRC is not known yet)")
+            return
         receiver = self._video_receiver
         ssrc = self._remote_video_ssrc()
         log.info("keyframe request: PLI to ssrc %s", ssrc or "(none known yet)")
