@@ -106,6 +106,9 @@ def main() -> int:
     logging.basicConfig(level=os.environ.get("INGRESS_WORKER_LOG", "INFO"),
                         format="%(asctime)s %(levelname)s worker[%(process)d] %(name)s: "
                                "%(message)s", stream=sys.stderr)
+    # aioice narrates every candidate pair at INFO: ten lines per session for nothing
+    # an operator acts on (its warnings still show)
+    logging.getLogger("aioice").setLevel(logging.WARNING)
 
     async def entry() -> int:
         stdin = trio.lowlevel.FdStream(os.dup(0))
