@@ -2,9 +2,10 @@
 experiences it.
 
 Lip sync is a property of the whole chain, not of any one stage: the worker publishes
-video and audio through different SDK paths (decode -> frame-rate limiter -> I420 ->
-libwebrtc's encoder and pacer; resample -> 10 ms frames -> the AudioSource queue), and
-the subscriber plays each track out of its own jitter buffer. So the measurement is
+video and audio through different paths of its own (decode -> lag gate -> frame-rate
+limiter -> scale and libx264 per layer, each layer in its own thread -> RTP; lag gate
+-> AAC decode -> resample -> 20 ms Opus frames -> RTP), and the subscriber plays each
+track out of its own jitter buffer. So the measurement is
 made where a viewer is:
 
   * the source: Debian's ffmpeg publishes, in real time (-re), a black 1280x720 30 fps

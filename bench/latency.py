@@ -3,9 +3,9 @@
 Each source frame carries its capture wall-clock time (ms, modulo 2^32) drawn into
 the picture as black/white blocks (bench/_stamp.py); the subscriber reads the stamp
 back from the decoded picture it receives, so the figure is what a viewer sees:
-encode, RTMP, demux, decode, scale, libwebrtc's simulcast encode and pacer, the SFU,
-the subscriber's jitter buffer and decode. Everything runs on this machine, so the
-publisher's and the subscriber's wall clocks are the same clock.
+encode, RTMP, demux, decode, scale, the worker's own libx264 encode of each layer and
+its RTP send, the SFU, the subscriber's jitter buffer and decode. Everything runs on
+this machine, so the publisher's and the subscriber's wall clocks are the same clock.
 
   * the real service (child process, like tests/test_media_e2e.py) and a real
     livekit-server (tests/livekit.py) on 127.0.0.1; an RTMP ingress created with the
@@ -103,7 +103,8 @@ def round_trip(frames: int = 30) -> str:
     """Encode stamped frames with libx264, decode them, read the stamps back.
 
     Once at 1280x720 (2.5 Mbit/s) and once scaled to 320x180 (bilinear, like the
-    worker) at 150 kbit/s, roughly the lowest simulcast layer. Also reports how many
+    worker) at 150 kbit/s, harder than the default preset's LOW layer (320x180 at
+    237 kbit/s). Also reports how many
     packets the decoder needed before the first picture (decoder delay).
     """
     import av

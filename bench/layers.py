@@ -1,17 +1,20 @@
-"""The simulcast layers a LiveKit subscriber receives, per video preset, beside what the
-preset asks for.
+"""Every simulcast layer a session asks for, beside what a LiveKit subscriber receives.
 
-Publishing raw frames with simulcast lets libwebrtc inside the SDK choose the lower
-layers (docs/DESIGN.md), so the preset table (REFERENCE.md §5, relay/worker/layers.py) says
-what we ask for, not what viewers get. This measures the latter: for every preset
-(and one custom VP8 option set) a session worker (relay/worker/main.py) is fed a
-1920x1080 30 fps H.264 + AAC source in real time (larger than every preset's top
-layer, so no layer is limited by the source) and publishes into a real
-livekit-server; a subscriber process selects HIGH, MEDIUM and LOW in turn
-(`set_video_quality`) and reports, per layer, the frame size it decoded and the
-frame rate and bitrate from its receiver's WebRTC stats over the hold period.
+The session worker encodes each layer itself (relay/worker/encode.py) and publishes
+exactly the layers `fit_layers` makes of the ingress' options (relay/worker/layers.py,
+REFERENCE.md §5): their sizes and bitrates, at the encoding's frame rate. This
+measures that the room delivers what was asked, for every video preset and the two
+custom option sets of tests/test_layers_e2e.py (`CASES`: H.264 with 2 layers, VP8
+with 3): a session worker (relay/worker/main.py) is fed a 1920x1080 30 fps H.264 +
+AAC source in real time (larger than every top layer, so no layer is limited by the
+source; with noise, like the e2e test's, so that every layer's encoder reaches its
+rate) and publishes into a real livekit-server; a subscriber process selects each
+asked layer in turn (`set_video_quality`, HIGH first) and reports, per layer, the
+frame size it decoded and the frame rate and bitrate from its receiver's WebRTC stats
+over the hold period. tests/test_layers_e2e.py asserts the same comparison (within
+4 px, >= 90% of the frame rate, +/- 20% of the bitrate); this prints it.
 
-Run: .venv/bin/python bench/layers.py [--presets NAME,...] [--hold 4] [--settle 2]
+Run: .venv/bin/python bench/layers.py [--cases NAME,...] [--hold 4] [--settle 2]
 Prints a markdown table; no assertions.
 """
 
@@ -39,45 +42,52 @@ from relay.service.ingest.worker_client import SessionWorker, open_session_worke
 from relay.wire import Start
 from relay.worker.layers import LayerSpec, fit_layers, video_encoding
 from tests.livekit import API_KEY, API_SECRET, ROOT, LayerSeen, LiveKitServer, watch_layer_stats
+from tests.test_layers_e2e import CASES
 
-SOURCE = (1920, 1080)  # bench/rtmp.py's encode(): 1080p30, above every preset's top layer
-QUALITIES = {"HIGH": models.VideoQuality.HIGH, "MEDIUM": models.VideoQuality.MEDIUM,
-             "LOW": models.VideoQuality.LOW}
-CUSTOM_VP8 = "CUSTOM_VP8_720P_360P"
+SOURCE = (1920, 1080)  # make_source(): 1080p30, above every case's top layer
+NAMES = {models.VideoQuality.LOW: "LOW", models.VideoQuality.MEDIUM: "MEDIUM",
+         models.VideoQuality.HIGH: "HIGH"}
 # The SDK's subscriber process now and then aborts as it exits (a Rust panic, "panic in a
 # function that cannot unwind", 4 times in ~70 runs): one more subscriber then.
 SUBSCRIBER_ATTEMPTS = 2
-RAMP_MOST = 20.0  # seconds on HIGH at most before measuring (the bandwidth estimate ramps)
+# seconds on HIGH at most before measuring: the SFU ramps up what it forwards to a new
+# subscriber as its estimate of the subscriber's bandwidth grows
+RAMP_MOST = 20.0
 
 
-def cases() -> dict[str, pb.IngressVideoOptions]:
-    """Every preset in enum order, then a custom VP8 option set with two layers.
+def make_source(path: Path) -> None:
+    """10 s of 1080p30 H.264 + AAC with the detail and motion of tests/test_layers_e2e.py's
+    source (testsrc2 alone is too easy: the layers' encoders undershoot their rates)."""
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
+                    "-f", "lavfi", "-i", f"testsrc2=size={SOURCE[0]}x{SOURCE[1]}:rate=30",
+                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "10",
+                    "-vf", "noise=alls=12:allf=t", "-c:v", "libx264", "-preset", "ultrafast",
+                    "-tune", "zerolatency", "-bf", "0", "-g", "30", "-b:v", "8000k",
+                    "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k", "-f", "flv",
+                    str(path)], check=True)
 
-    The custom layers are given without bitrates, so they also show the §5 default
-    bitrate formula at work.
-    """
-    options = {name: pb.IngressVideoOptions(preset=value)
-               for name, value in pb.IngressVideoEncodingPreset.items()}
-    options[CUSTOM_VP8] = pb.IngressVideoOptions(options=pb.IngressVideoEncodingOptions(
-        video_codec=models.VideoCodec.VP8, frame_rate=30, layers=[
-            models.VideoLayer(quality=models.VideoQuality.HIGH, width=1280, height=720),
-            models.VideoLayer(quality=models.VideoQuality.LOW, width=640, height=360)]))
-    return options
+
+def asked(options: pb.IngressVideoOptions) -> list[tuple[str, LayerSpec, float]]:
+    """(quality name, layer fitted to the source, frame rate) of every layer the session
+    publishes, HIGH first."""
+    encoding = video_encoding(options)
+    return [(NAMES[layer.quality], layer, encoding.frame_rate)
+            for layer in reversed(fit_layers(encoding, *SOURCE))]
 
 
 async def measure(livekit: LiveKitServer, events: list[rtmp.Event], room: str,
                   options: pb.IngressVideoOptions, settle: float, hold: float
                   ) -> tuple[dict[str, LayerSeen], str]:
     """Run one session worker with `options` and a layer-selecting subscriber on it;
-    what the subscriber got per layer, and why the worker failed if it did.
+    what the subscriber got per asked layer, and why the worker failed if it did.
 
     Nothing is counted until HIGH arrives at 90% of the top layer's bitrate (or
     RAMP_MOST has passed): the figures are for a session past its bandwidth ramp. A
-    single-layer encoding is published without simulcast, so only HIGH is measured.
+    single-layer encoding is published without simulcast: only HIGH is selected.
     """
-    asks = asked(options)
-    top = asks[models.VideoQuality.HIGH][0]
-    qualities = QUALITIES if len(asks) > 1 else {"HIGH": models.VideoQuality.HIGH}
+    layers = asked(options)
+    top = layers[0][1]
+    qualities = {name: layer.quality for name, layer, _ in layers}
     info = pb.IngressInfo(ingress_id="IN_layers", room_name=room,
                           participant_identity="bench", input_type=pb.IngressInput.RTMP_INPUT,
                           video=options)
@@ -107,69 +117,58 @@ async def drain_reports(worker: SessionWorker) -> None:
         pass
 
 
-def asked(options: pb.IngressVideoOptions) -> dict[int, tuple[LayerSpec, float]]:
-    """Quality -> (layer fitted to the source, frame rate): what the session asks for."""
-    encoding = video_encoding(options)
-    return {layer.quality: (layer, encoding.frame_rate)
-            for layer in fit_layers(encoding, *SOURCE)}
+def describe_ask(layer: LayerSpec, fps: float) -> str:
+    return f"{layer.width}x{layer.height} | {fps:g} | {layer.bitrate / 1000:,.0f}"
 
 
-def describe_ask(ask: tuple[LayerSpec, float] | None) -> str:
-    if ask is None:
-        return "-"
-    layer, fps = ask
-    return f"{layer.width}x{layer.height} {fps:g} fps {layer.bitrate / 1000:,.0f} kbit/s"
-
-
-def describe_seen(seen: LayerSeen) -> str:
-    """The size most frames had (others listed, e.g. a switch late in the hold)."""
-    if not seen.sizes:
-        return "no frames"
+def describe_seen(seen: LayerSeen | None, failure: str) -> str:
+    """Delivered size (the one most frames had; others listed) | fps | kbit/s."""
+    if failure:
+        return f"session failed: {failure} | - | -"
+    if seen is None or not seen.sizes:
+        return "no frames | - | -"
     (w, h), _ = seen.sizes.most_common(1)[0]
-    text = f"{w}x{h} {seen.fps:.1f} fps {seen.kbps:,.0f} kbit/s"
     others = [f"{ow}x{oh}: {n}" for (ow, oh), n in seen.sizes.most_common()[1:]]
-    return text + (f" (also {', '.join(others)} frames)" if others else "")
+    size = f"{w}x{h}" + (f" (also {', '.join(others)} frames)" if others else "")
+    return f"{size} | {seen.fps:.1f} | {seen.kbps:,.0f}"
 
 
 def versions() -> str:
-    """The SDK and server versions, which decide the lower layers (printed with the table)."""
+    """The server's version and the subscriber's SDK version (printed with the table)."""
     server = subprocess.run([str(ROOT / "scripts" / "livekit-server"), "install"],
                             check=True, capture_output=True, text=True).stdout.strip()
     version = subprocess.run([server, "--version"], capture_output=True,
                              text=True).stdout.strip()
-    return f"livekit (python SDK) {importlib.metadata.version('livekit')}, {version}"
+    return (f"{version}; subscriber: livekit (python SDK) "
+            f"{importlib.metadata.version('livekit')}")
 
 
 def main() -> None:
-    options = cases()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", default=",".join(options),
-                        help="comma-separated preset names (default: all, and "
-                             f"{CUSTOM_VP8})")
+    parser.add_argument("--cases", "--presets", dest="cases", default=",".join(CASES),
+                        help="comma-separated case names: preset names and the custom "
+                             "option sets of tests/test_layers_e2e.py (default: all)")
     parser.add_argument("--settle", type=float, default=2.0,
                         help="seconds after each layer selection that are not counted")
     parser.add_argument("--hold", type=float, default=4.0,
                         help="seconds each layer is measured")
     args = parser.parse_args()
-    chosen = args.presets.split(",")
-    unknown = [name for name in chosen if name not in options]
+    chosen = args.cases.split(",")
+    unknown = [name for name in chosen if name not in CASES]
     if unknown:
-        parser.error(f"unknown preset(s) {', '.join(unknown)}; known: {', '.join(options)}")
+        parser.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
     print("command:", " ".join(sys.argv))
     print(versions())
-    rows = ["| preset | layer | preset asks (WxH fps kbit/s) | subscriber gets (WxH fps "
-            "kbit/s) |", "|---|---|---|---|"]
-    with tempfile.TemporaryDirectory() as tmp, source_and_server(Path(tmp)) as (
+    rows = ["| case | layer | asked size | asked fps | asked kbit/s | delivered size "
+            "| delivered fps | delivered kbit/s |", "|---|---|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp, source_and_server(Path(tmp), make_source) as (
             _, events, livekit):
         for n, name in enumerate(chosen):
-            seen, failure = trio.run(measure, livekit, events, f"layers-{n}", options[name],
+            seen, failure = trio.run(measure, livekit, events, f"layers-{n}", CASES[name],
                                      args.settle, args.hold)
-            asks = asked(options[name])
-            for layer, quality in QUALITIES.items():
-                got = (f"session failed: {failure}" if failure else
-                       describe_seen(seen[layer]) if layer in seen else
-                       "one layer, no simulcast: the HIGH row")
-                row = f"| {name} | {layer} | {describe_ask(asks.get(quality))} | {got} |"
+            for quality, layer, fps in asked(CASES[name]):
+                row = (f"| {name} | {quality} | {describe_ask(layer, fps)} | "
+                       f"{describe_seen(seen.get(quality), failure)} |")
                 print(row, flush=True)
                 rows.append(row)
     print()

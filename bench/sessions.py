@@ -3,8 +3,9 @@ memory each one costs.
 
 Adds session workers (relay/worker/main.py) one at a time, each fed its own copy of a
 1280x720 30 fps H.264 + AAC stream in real time and publishing into a local
-livekit-server, until the workers start dropping video (their lag gate or queue)
-or use more CPU than the machine has. For each step: the workers' CPU (cores),
+livekit-server (each encoding the preset's layers itself), until the workers start
+dropping video (their lag gate, queue or layer encoders) or use more CPU than the
+machine has. For each step: the workers' CPU (cores),
 their resident memory (total and per session), and the drops in the window.
 No subscribers run here: viewers are on other machines, and decoding for them
 would take CPU from the workers. Run: .venv/bin/python bench/sessions.py [--max 8]

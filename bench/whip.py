@@ -19,7 +19,8 @@ every publisher (all in this process, one asyncio loop) sends its access units a
 increasing timestamps, plus aiortc's Opus tone (or no audio). Per step a fresh set of
 sessions is started one after the other, run for a warm-up and a measured window, then
 DELETEd: the window gives the workers' CPU and RSS, the session-end log lines ("N in,
-M to the SDK") compared with what each publisher sent say whether it kept up.
+M sent", M: frames the worker sent into the room) compared with what each publisher
+sent say whether it kept up.
 
 Run: .venv/bin/python bench/whip.py latency [--seconds 30] [--codec H264|VP8]
      .venv/bin/python bench/whip.py sessions [--steps 1,5,10,15,20,25,30] [--no-audio]
@@ -73,9 +74,9 @@ if TYPE_CHECKING:
 
 RTP_CLOCK = 90_000
 SOURCE_BITRATE = "1500k"
-REAL_TIME = 0.95  # a session keeps up if this share of the frames sent reached the SDK
+REAL_TIME = 0.95  # a session keeps up if this share of the frames sent reached the room
 ENDED = re.compile(r"worker\[(\d+)\].*WHIP session ended: (.*) \(video frames: (\d+) in, "
-                   r"(\d+) to the SDK, (\d+) dropped\)")
+                   r"(\d+) sent, (\d+) dropped\)")
 WHIP_RTC = {"rtc_config": {"node_ip": "127.0.0.1"}}
 
 
@@ -253,7 +254,8 @@ class Publisher:
 
 
 def ended_sessions(log: str, since: int) -> dict[int, tuple[str, int, int, int]]:
-    """worker pid -> (reason, frames in, to the SDK, dropped) from the log after `since`."""
+    """worker pid -> (reason, frames in, sent into the room, dropped) from the log after
+    `since`."""
     return {int(m[1]): (m[2], int(m[3]), int(m[4]), int(m[5]))
             for m in ENDED.finditer(log, since)}
 
@@ -322,9 +324,9 @@ async def run_step(service: ServiceProcess, keys: list[str], units: list[bytes],
         print(f"   publisher failed: {f}")
     for p in publishers:
         if p.worker in ended and ended[p.worker][2] / max(1, p.track.sent) < REAL_TIME:
-            reason, got, to_sdk, dropped = ended[p.worker]
-            print(f"   worker {p.worker}: sent {p.track.sent}, in {got}, to the SDK {to_sdk},"
-                  f" dropped {dropped} ({reason})")
+            reason, got, to_room, dropped = ended[p.worker]
+            print(f"   worker {p.worker}: sent {p.track.sent}, in {got}, to the room "
+                  f"{to_room}, dropped {dropped} ({reason})")
     for _ in range(100):  # the workers of this step exit before the next starts
         if not children(svc):
             break
@@ -385,7 +387,7 @@ def main() -> None:
     ses.add_argument("--warmup", type=float, default=5.0)
     ses.add_argument("--window", type=float, default=15.0)
     ses.add_argument("--no-audio", dest="audio", action="store_false",
-                     help="video only (compare to see what Opus -> PCM costs)")
+                     help="video only (compare to see what forwarding the Opus costs)")
     pub = sub.add_parser("publish")  # the latency publisher child
     pub.add_argument("url")
     pub.add_argument("--seconds", type=float, required=True)
