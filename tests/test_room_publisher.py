@@ -77,9 +77,11 @@ LAYERS = [VideoLayer(models.VideoQuality.LOW, 320, 180, 200_000),
 
 
 async def _publish(server: LiveKitServer, room: str, codec: str, seconds: float,
-                   layers: list[VideoLayer], audio: bool = False) -> list[object]:
+                   layers: list[VideoLayer], audio: bool = False,
+                   congestion: list[object] | None = None) -> list[object]:
     """Publish moving noise (and a tone) for `seconds` while a subscriber watches;
-    the TrackInfos the server gave back."""
+    the TrackInfos the server gave back (and into `congestion`: the estimate, the
+    feedbacks taken, the layers allowed at the end)."""
     async with aio_thread.open_asyncio_thread(), trio.open_nursery() as nursery:
         publisher = RoomPublisher()
         await nursery.start(publisher.run, server.url, _token(room))
@@ -112,6 +114,11 @@ async def _publish(server: LiveKitServer, room: str, codec: str, seconds: float,
                 for packet, timestamp in opus.encode(samples):
                     publisher.send(sound, 0, (packet,), timestamp, marker=False)
             await trio.sleep_until(start + (index + 1) / 30)
+        if congestion is not None:
+            peer = publisher._peer
+            assert peer is not None and peer.congestion is not None
+            congestion += [publisher.estimate, peer.congestion.estimator.feedbacks,
+                           publisher.layers_allowed(video)]
         nursery.cancel_scope.cancel()  # leaves the room
     return [track.info for track in publisher.tracks]
 
@@ -128,9 +135,16 @@ async def test_every_layer_reaches_a_subscriber_that_selects_it(
                 ramp_to=1_300_000)))
 
         nursery.start_soon(viewer)
-        tracks = await _publish(livekit, "room-publisher", "h264", 45, LAYERS)
+        congestion: list[object] = []
+        tracks = await _publish(livekit, "room-publisher", "h264", 45, LAYERS,
+                                congestion=congestion)
     info = tracks[0]
     assert info.simulcast and info.mime_type == "video/H264"
+    # the server took transport-wide CC: its feedback came (~10 a second) and, on
+    # loopback, left room for every layer
+    estimate, feedbacks, allowed = congestion
+    assert feedbacks > 100 and allowed == 3, congestion
+    assert estimate >= 1.1 * sum(layer.bitrate for layer in LAYERS), congestion
     assert [(layer.width, layer.height) for layer in info.layers] == [
         (320, 180), (640, 360), (1280, 720)]
     for name, layer in zip(("LOW", "MEDIUM", "HIGH"), LAYERS, strict=True):

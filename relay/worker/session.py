@@ -209,7 +209,10 @@ class PictureOutput:
     as it is encoded (the decoder runs in another thread meanwhile): on 2 cores this
     cost 0.1 CPU s per media s less than a thread per layer (docs/PERFORMANCE.md).
     A picture that comes while the previous one is still being encoded is skipped
-    (counted in the `video_encoder` drops) rather than queued behind it.
+    (counted in the `video_encoder` drops) rather than queued behind it. Layers above
+    the bandwidth estimate (`RoomPublisher.layers_allowed`, from the room's
+    transport-wide CC feedback) are neither encoded nor sent; one that comes back
+    starts at an IDR.
     """
 
     def __init__(self, session: Session, nursery: trio.Nursery) -> None:
@@ -220,6 +223,8 @@ class PictureOutput:
         self.input: trio.MemorySendChannel | None = None
         self.track: PublishedTrack | None = None
         self.clock = MonotonicClock()
+        self.sending = 0  # layers sent at the last picture (congestion control)
+        self.resumed: set[int] = set()  # layers sent again, owed a keyframe
 
     async def show(self, picture: av.VideoFrame, pts_ms: int) -> None:
         session = self.session
@@ -246,6 +251,7 @@ class PictureOutput:
             [VideoLayer(layer.quality, layer.width, layer.height, layer.bitrate)
              for layer in self.layers],
             codec=codec, name=session.info.video.name, source=session.info.video.source)
+        self.sending = len(self.layers)
         self.input, pictures = trio.open_memory_channel[tuple[av.VideoFrame, int]](1)
         self.nursery.start_soon(self._encode, encoders, pictures)
         await session.report_state("publishing")
@@ -262,8 +268,17 @@ class PictureOutput:
         publisher's `send` and `take_keyframe_request` are safe from any thread)."""
         publisher, track = self.session.publisher, self.track
         assert track is not None
+        allowed = publisher.layers_allowed(track)
+        if allowed != self.sending:
+            log.info("sending %d of %d layers (bandwidth estimate %s kbit/s)", allowed,
+                     len(encoders), int((publisher.estimate or 0) / 1000))
+            self.resumed |= set(range(self.sending, allowed))  # they restart at an IDR
+            self.sending = allowed
         for index in reversed(range(len(encoders))):
-            keyframe = publisher.take_keyframe_request(track, index)
+            if index >= allowed:  # above the estimate: not encoded, not sent
+                continue
+            keyframe = publisher.take_keyframe_request(track, index) or index in self.resumed
+            self.resumed.discard(index)
             try:
                 frames = encoders[index].encode(picture, rtp_ms * 90, keyframe)
             except EncodeError as exc:

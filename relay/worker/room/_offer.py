@@ -9,7 +9,9 @@ rewritten, per m-section we send on:
   rtp-stream-id header extensions of its first packets), an ``a=extmap`` for
   rtp-stream-id, one ``a=rid:<rid> send`` per layer and ``a=simulcast:send q;h;f``,
   the form browsers offer (RFC 8853) and livekit-server 1.13.5 reads
-  (pkg/sfu/buffer/videolayerutils.go: rids ``q``, ``h``, ``f`` from the lowest layer).
+  (pkg/sfu/buffer/videolayerutils.go: rids ``q``, ``h``, ``f`` from the lowest layer);
+* both: the transport-wide CC extension and ``a=rtcp-fb:<pt> transport-cc``, the
+  only congestion feedback livekit-server gives a publisher (``_twcc.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from dataclasses import dataclass
 RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+TWCC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 RID_EXTENSION_ID = 10  # aiortc uses 1-3; any free id of 1-14 does
+TWCC_EXTENSION_ID = 5
 RIDS = ("q", "h", "f")  # LiveKit's names, lowest layer first
 
 
@@ -61,9 +65,23 @@ def _mid(section: list[str]) -> str | None:
     return None
 
 
+def _with_twcc(section: list[str]) -> list[str]:
+    """Transport-wide CC: the header extension and the feedback for every payload type
+    (livekit-server answers with feedback only if the offer asks for it)."""
+    out = []
+    extmaps = [i for i, line in enumerate(section) if line.startswith("a=extmap:")]
+    for index, line in enumerate(section):
+        out.append(line)
+        if extmaps and index == extmaps[-1]:
+            out.append(f"a=extmap:{TWCC_EXTENSION_ID} {TWCC_URI}")
+        if line.startswith("a=rtpmap:"):
+            out.append(f"a=rtcp-fb:{line[len('a=rtpmap:'):].split(' ', 1)[0]} transport-cc")
+    return out
+
+
 def _rewrite(section: list[str], streams: SectionStreams) -> list[str]:
-    kept = [line for line in section
-            if not line.startswith(("a=ssrc:", "a=ssrc-group:", "a=rid:", "a=simulcast:"))]
+    kept = _with_twcc([line for line in section if not line.startswith(
+        ("a=ssrc:", "a=ssrc-group:", "a=rid:", "a=simulcast:"))])
     cname = streams.cname or next(
         (line.split("cname:", 1)[1] for line in section
          if line.startswith("a=ssrc:") and "cname:" in line), "relay")

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,12 +34,22 @@ from ._offer import (
     MID_URI,
     RID_EXTENSION_ID,
     RID_URI,
+    TWCC_EXTENSION_ID,
+    TWCC_URI,
     SectionStreams,
+    answered_extension_ids,
     answered_payload_type,
     publish_offer,
     rids_for,
 )
 from ._rtp import RtpStream
+from ._twcc import (
+    FMT_TWCC,
+    HEADROOM,
+    FeedbackError,
+    SendSideEstimator,
+    layers_within,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +69,45 @@ class _IdleTrack(MediaStreamTrack):
         await asyncio.Future()
 
 
+class Congestion:
+    """The PeerConnection's transport-wide CC: one sequence shared by every stream, the
+    send records, the estimate (``_twcc.py``), fed by the transport's RTCP."""
+
+    def __init__(self, ceiling: int) -> None:
+        self.estimator = SendSideEstimator(ceiling)
+        self._sequence = random.randrange(1 << 16)
+        self.malformed = 0
+
+    def next_sequence(self) -> int:
+        self._sequence = (self._sequence + 1) & 0xFFFF
+        return self._sequence
+
+    def sent(self, sequence: int, size: int) -> None:
+        self.estimator.on_sent(sequence, size, time.monotonic() * 1000)
+
+    def feedback(self, fci: bytes) -> None:
+        try:
+            self.estimator.on_feedback(fci, time.monotonic() * 1000)
+        except FeedbackError:
+            self.malformed += 1
+
+
+def _twcc_feedback(data: bytes) -> list[bytes]:
+    """The FCIs of the transport-wide CC feedback in a compound RTCP packet (aiortc
+    parses RTPFB as NACKs, so they are read here first)."""
+    out = []
+    pos = 0
+    while pos + 4 <= len(data):
+        fmt, packet_type = data[pos] & 0x1F, data[pos + 1]
+        length = (int.from_bytes(data[pos + 2:pos + 4], "big") + 1) * 4
+        if pos + length > len(data):
+            break
+        if packet_type == 205 and fmt == FMT_TWCC and length >= 12:
+            out.append(data[pos + 12:pos + length])
+        pos += length
+    return out
+
+
 @dataclass
 class _Track:
     cid: str
@@ -67,6 +117,13 @@ class _Track:
     ssrcs: tuple[int, ...]
     streams: list[RtpStream] = field(default_factory=list)
     mid: str = ""
+    bitrates: tuple[int, ...] = ()  # per layer, lowest first (video)
+    allowed: int = 0  # layers sent at the last look (0: all, before any estimate)
+
+    def allowed_layers(self, estimate: float) -> int:
+        self.allowed = layers_within(list(self.bitrates), estimate,
+                                     self.allowed or len(self.bitrates))
+        return self.allowed
 
 
 class PublisherPeer:
@@ -85,6 +142,7 @@ class PublisherPeer:
         self._queue: asyncio.Queue[tuple[RtpStream, tuple[bytes, ...], int, bool]] = (
             asyncio.Queue(SEND_QUEUE))
         self.dropped = 0
+        self.congestion: Congestion | None = None
         self._sender = asyncio.ensure_future(self._send_loop())
 
         @self.pc.on("connectionstatechange")
@@ -92,7 +150,8 @@ class PublisherPeer:
             if self.pc.connectionState == "failed":
                 on_failed("the connection to the room failed (ICE/DTLS)")
 
-    def add_track(self, kind: str, codec: str, layers: int) -> str:
+    def add_track(self, kind: str, codec: str, layers: int,
+                  bitrates: tuple[int, ...] = ()) -> str:
         """A send-only transceiver for a new track; its cid (the msid track id)."""
         track = _IdleTrack(kind)
         transceiver = self.pc.addTransceiver(track, direction="sendonly")
@@ -105,7 +164,8 @@ class PublisherPeer:
         transceiver.setCodecPreferences(chosen[:1])
         rids = rids_for(layers) if kind == "video" else ()
         ssrcs = tuple(random.randrange(1, 1 << 32) for _ in range(max(1, len(rids))))
-        self.tracks[track.id] = _Track(track.id, codec, rids, transceiver, ssrcs)
+        self.tracks[track.id] = _Track(track.id, codec, rids, transceiver, ssrcs,
+                                       bitrates=bitrates)
         return track.id
 
     async def offer(self) -> str:
@@ -133,16 +193,52 @@ class PublisherPeer:
                 ids[RID_URI] = RID_EXTENSION_ID
             if track.codec == "opus":
                 ids = {MID_URI: 1}
+            if answered_extension_ids(sdp, track.mid).get(TWCC_URI) == TWCC_EXTENSION_ID:
+                ids[TWCC_URI] = TWCC_EXTENSION_ID
+                self._start_congestion(transport)
             for index, ssrc in enumerate(track.ssrcs):
                 stream = RtpStream(transport, ssrc=ssrc, payload_type=payload_type,
                                    clock_rate=clock, mid=track.mid,
                                    rid=track.rids[index] if track.rids else "",
-                                   extension_ids=ids, cname=self._cname)
+                                   extension_ids=ids, cname=self._cname,
+                                   congestion=self.congestion if TWCC_URI in ids else None)
                 stream.start()
                 track.streams.append(stream)
+        if self.congestion is not None:  # every track counts towards the ceiling
+            estimator = self.congestion.estimator
+            estimator.ceiling = max(estimator.ceiling, self._ceiling())
+            if estimator.feedbacks == 0:  # nothing measured yet: start at the top
+                estimator.estimate = estimator.ceiling
         for candidate in self._remote_candidates:
             await self.add_candidate(candidate)
         self._remote_candidates.clear()
+
+    def _start_congestion(self, transport: Any) -> None:
+        """Transport-wide CC once the answer took it: feedback is read off the DTLS
+        transport's RTCP before aiortc parses it."""
+        if self.congestion is not None:
+            return
+        self.congestion = congestion = Congestion(self._ceiling())
+        original = transport._handle_rtcp_data
+
+        async def handle_rtcp_data(data: bytes) -> None:
+            for fci in _twcc_feedback(data):
+                congestion.feedback(fci)
+            await original(data)
+
+        transport._handle_rtcp_data = handle_rtcp_data
+
+    def _ceiling(self) -> int:
+        return int(HEADROOM * sum(sum(t.bitrates) for t in self.tracks.values()))
+
+    def layers_allowed(self, cid: str) -> int:
+        """How many of a video track's layers fit the estimate (all, without CC)."""
+        track = self.tracks.get(cid)
+        if track is None or not track.bitrates:
+            return len(track.streams) if track is not None else 0
+        if self.congestion is None:
+            return len(track.bitrates)
+        return track.allowed_layers(self.congestion.estimator.estimate)
 
     async def add_candidate(self, candidate_init: str) -> None:
         """A server candidate (RTCIceCandidateInit JSON); kept until the answer."""

@@ -215,7 +215,8 @@ class RoomPublisher:
         """A video track sending ``layers`` (LOW first); one layer means no simulcast."""
         top = layers[-1]
         return await self._publish(
-            "video", codec, len(layers), name=name or "video",
+            "video", codec, len(layers), bitrates=tuple(layer.bitrate for layer in layers),
+            name=name or "video",
             source=_SOURCES.get(source, "camera"), width=top.width, height=top.height,
             announced=[(layer.quality, layer.width, layer.height, layer.bitrate)
                     for layer in layers])
@@ -227,14 +228,15 @@ class RoomPublisher:
                                    stereo=stereo, disable_dtx=not dtx)
 
     async def _publish(self, kind: str, codec: str, layers: int, *, name: str,
-                       source: str, width: int = 0, height: int = 0,
+                       source: str, bitrates: tuple[int, ...] = (),
+                       width: int = 0, height: int = 0,
                        announced: Sequence[lksignal.Layer] = (),
                        stereo: bool = False, disable_dtx: bool = False) -> PublishedTrack:
         peer = self._peer
         if peer is None:
             raise PublishError("not in the room")
         async with self._publishing:
-            cid = await aio_thread.call(_add_track, peer, kind, codec, layers)
+            cid = await aio_thread.call(_add_track, peer, kind, codec, layers, bitrates)
             await self._send(self._client.add_track(
                 cid, name, kind, source=source, width=width, height=height,
                 layers=announced,
@@ -270,6 +272,18 @@ class RoomPublisher:
         stream = self._peer.stream(track.cid, layer) if self._peer is not None else None
         return stream.take_keyframe_request() if stream is not None else False
 
+    def layers_allowed(self, track: PublishedTrack) -> int:
+        """How many of a video track's layers (lowest first) fit the bandwidth estimate
+        from the room's transport-wide CC feedback (all of them until it says less).
+        Safe from any thread: it reads numbers the asyncio thread writes."""
+        return self._peer.layers_allowed(track.cid) if self._peer is not None else 0
+
+    @property
+    def estimate(self) -> float | None:
+        """The current bandwidth estimate, bit/s (None without transport-wide CC)."""
+        congestion = self._peer.congestion if self._peer is not None else None
+        return congestion.estimator.estimate if congestion is not None else None
+
     @property
     def dropped(self) -> int:
         """Frames the asyncio side could not queue (it fell behind)."""
@@ -281,5 +295,6 @@ async def _new_peer(servers: list[tuple[tuple[str, ...], str, str]],
     return PublisherPeer(servers, on_failed)  # type: ignore[arg-type]
 
 
-async def _add_track(peer: PublisherPeer, kind: str, codec: str, layers: int) -> str:
-    return peer.add_track(kind, codec, layers)
+async def _add_track(peer: PublisherPeer, kind: str, codec: str, layers: int,
+                     bitrates: tuple[int, ...]) -> str:
+    return peer.add_track(kind, codec, layers, bitrates)

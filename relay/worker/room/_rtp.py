@@ -61,7 +61,8 @@ class RtpStream:
     """One outgoing stream: a simulcast layer, a single-layer video track, or audio."""
 
     def __init__(self, transport: Any, *, ssrc: int, payload_type: int, clock_rate: int,
-                 mid: str, rid: str = "", extension_ids: dict[str, int], cname: str) -> None:
+                 mid: str, rid: str = "", extension_ids: dict[str, int], cname: str,
+                 congestion: Any = None) -> None:
         self.transport = transport
         self.ssrc = ssrc
         self.payload_type = payload_type
@@ -82,6 +83,9 @@ class RtpStream:
         self.fraction_lost = 0.0
         self.retransmitted = 0
         self._rtcp_task: asyncio.Task[None] | None = None
+        # the PeerConnection's transport-wide CC (sequence numbers, send records), if
+        # the answer took it
+        self.congestion = congestion
 
     # -- sending (called on the asyncio loop, in order) ---------------------------------
 
@@ -100,7 +104,11 @@ class RtpStream:
             if self.rid:
                 packet.extensions.rtp_stream_id = self.rid
             packet.extensions.abs_send_time = (clock.current_ntp_time() >> 14) & 0xFFFFFF
+            if self.congestion is not None:
+                packet.extensions.transport_sequence_number = self.congestion.next_sequence()
             data = packet.serialize(self._extensions)
+            if self.congestion is not None:
+                self.congestion.sent(packet.extensions.transport_sequence_number, len(data))
             self._history[self._sequence % HISTORY] = data
             self._sequence = (self._sequence + 1) & 0xFFFF
             try:
