@@ -45,9 +45,9 @@ Wire facts, verified in livekit-server v1.13.5's source (the Go module the tests
   ``pong_resp{last_ping_timestamp: echoed, timestamp: unix ms}`` and legacy ``ping``
   with ``pong``; its JoinResponse asks for pings every 5 s, timeout 15 s.
 
-Left out: the publisher itself (aiortc PeerConnections, SDP munging for rids), the
-WebSocket transport, reconnect/resume, mute/update requests, subscriptions, data
-channels' signalling, ``/rtc/v1``.
+The WebSocket, the PeerConnection and the RTP streams are relay/worker/room's. Left
+out: reconnect/resume, mute/update requests, subscriptions, data channels'
+signalling, ``/rtc/v1``.
 """
 
 from __future__ import annotations
