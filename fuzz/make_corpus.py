@@ -306,6 +306,25 @@ def lksignal_seeds() -> dict[str, bytes]:
     }
 
 
+def twcc_seeds() -> dict[str, bytes]:
+    """Feedback as livekit-server sends it: run length, both status vectors, a large
+    and a negative delta, losses, a sequence wrap; and a mix for the estimator."""
+    def fci(base: int, chunks: list[int], deltas: bytes, count: int, ref: int = 0) -> bytes:
+        data = base.to_bytes(2, "big") + count.to_bytes(2, "big") + ref.to_bytes(3, "big")
+        data += b"\x01" + b"".join(c.to_bytes(2, "big") for c in chunks) + deltas
+        return data + b"\x00" * (-len(data) % 4)
+
+    run = fci(65400, [0x2000 | 20], bytes([40] * 20), 20)
+    one_bit = fci(65420, [0x8000 | 0x3FFF], bytes([40] * 14), 14)
+    two_bit = fci(65534, [0xC000 | (1 << 12) | (2 << 10) | (0 << 8) | (1 << 6)],
+                  bytes([4]) + (-8).to_bytes(2, "big", signed=True) + bytes([1]), 4)
+    lost = fci(65440, [0x0000 | 30], b"", 30)
+    twice = len(run).to_bytes(2, "big") + run + len(lost).to_bytes(2, "big") + lost
+    return {"parse-run-length": b"\x00" + run, "parse-one-bit": b"\x00" + one_bit,
+            "parse-two-bit-wrap": b"\x00" + two_bit, "estimator-run-then-lost": b"\x01" + twice,
+            "estimator-vectors": b"\x01" + len(one_bit).to_bytes(2, "big") + one_bit + two_bit}
+
+
 def write(harness: str, seeds: dict[str, bytes]) -> None:
     folder = CORPUS / harness
     folder.mkdir(parents=True, exist_ok=True)
@@ -323,6 +342,7 @@ def main() -> None:
     write("proxy", proxy_seeds())
     write("psrpc", psrpc_seeds())
     write("lksignal", lksignal_seeds())
+    write("twcc", twcc_seeds())
 
 
 if __name__ == "__main__":

@@ -31,9 +31,9 @@ from pathlib import Path
 FUZZ_DIR = Path(__file__).resolve().parent
 HARNESSES = {"session": "fuzz_session", "flv": "fuzz_flv", "sdp": "fuzz_sdp",
              "url": "fuzz_url", "http": "fuzz_http", "proxy": "fuzz_proxy",
-             "psrpc": "fuzz_psrpc", "lksignal": "fuzz_lksignal"}
+             "psrpc": "fuzz_psrpc", "lksignal": "fuzz_lksignal", "twcc": "fuzz_twcc"}
 MAX_LEN = {"session": 32768, "flv": 16384, "sdp": 16384, "url": 4096, "http": 8192,
-           "proxy": 20000, "psrpc": 8192, "lksignal": 8192}
+           "proxy": 20000, "psrpc": 8192, "lksignal": 8192, "twcc": 4096}
 INTERESTING = (0, 1, 0x7F, 0x80, 0xFF, 0xFFFF, 0xFFFFFF, 0x1000000, 0x7FFFFFFF, 0xFFFFFFFF)
 
 

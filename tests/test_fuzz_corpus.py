@@ -10,7 +10,9 @@ ProxyRequestError, whole == re-split, clean forwarded heads, the buffer's bound;
 psrpc core (psrpc) only PsrpcProtocolError, valid own messages, every request ended
 once, nothing left at the end of time, the objects still usable; for the LiveKit
 signalling core (lksignal) only SignalProtocolError leaving the client as it was, sane
-events of the documented types, the pending bound, the client still usable.
+events of the documented types, the pending bound, the client still usable; for the
+congestion control (twcc) only FeedbackError leaving the estimator as it was, results
+as the header says, the estimate within its bounds.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ import fuzz_proxy  # noqa: E402
 import fuzz_psrpc  # noqa: E402
 import fuzz_sdp  # noqa: E402
 import fuzz_session  # noqa: E402
+import fuzz_twcc  # noqa: E402
 import fuzz_url  # noqa: E402
 
 HARNESSES: dict[str, ModuleType] = {"session": fuzz_session, "flv": fuzz_flv, "sdp": fuzz_sdp,
                                     "url": fuzz_url, "http": fuzz_http, "proxy": fuzz_proxy,
-                                    "psrpc": fuzz_psrpc, "lksignal": fuzz_lksignal}
+                                    "psrpc": fuzz_psrpc, "lksignal": fuzz_lksignal,
+                                    "twcc": fuzz_twcc}
 CASES = [
     pytest.param(name, path, id=f"{name}/{path.name}")
     for name in HARNESSES
