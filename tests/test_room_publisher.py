@@ -207,3 +207,22 @@ async def test_a_message_in_the_upgrade_segment_is_read_at_once(
         socket = await _socket.open_signal_socket("ws://example.invalid", "/rtc")
         with trio.fail_after(1):
             assert await socket.receive() == b"join"
+
+
+async def test_a_bad_server_candidate_costs_that_candidate_only() -> None:
+    """A trickled candidate aiortc cannot read is logged and skipped: the session
+    goes on (it used to escape as a ValueError and crash the worker)."""
+    from relay.worker.room._peer import PublisherPeer
+
+    async def check() -> None:
+        peer = PublisherPeer([], lambda reason: None)
+        try:
+            peer._answered = True
+            await peer.add_candidate('{"candidate": "candidate:garbage", "sdpMid": "0"}')
+            await peer.add_candidate('{"candidate": 7}')
+            await peer.add_candidate('{"candidate": ""}')
+        finally:
+            await peer.close()
+
+    async with aio_thread.open_asyncio_thread():
+        await aio_thread.call(check)

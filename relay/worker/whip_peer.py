@@ -255,7 +255,8 @@ class WhipPeer:
                 candidate.sdpMid = mid or None
                 await self._pc.addIceCandidate(candidate)
                 added += 1
-            except (ValueError, IndexError) as exc:  # e.g. an mDNS name aioice cannot use
+            # e.g. an mDNS name aioice cannot use; aiortc checks lines with `assert`
+            except (ValueError, IndexError, AssertionError) as exc:
                 log.info("ICE candidate %r not added: %s", line, exc)
         return added
 

@@ -245,15 +245,19 @@ class PublisherPeer:
         if not self._answered:
             self._remote_candidates.append(candidate_init)
             return
-        init = json.loads(candidate_init)
+        init = json.loads(candidate_init)  # a JSON object: relay/lksignal checked it
         text = init.get("candidate") or ""
-        if not text:
+        if not isinstance(text, str) or not text:
             return  # end of candidates
-        candidate = candidate_from_sdp(text.split(":", 1)[1] if text.startswith(
-            "candidate:") else text)
-        candidate.sdpMid = init.get("sdpMid")
-        candidate.sdpMLineIndex = init.get("sdpMLineIndex")
-        await self.pc.addIceCandidate(candidate)
+        try:
+            candidate = candidate_from_sdp(text.split(":", 1)[1] if text.startswith(
+                "candidate:") else text)
+            candidate.sdpMid = init.get("sdpMid")
+            candidate.sdpMLineIndex = init.get("sdpMLineIndex")
+            await self.pc.addIceCandidate(candidate)
+        # aiortc checks a candidate line with `assert`: AssertionError is its "malformed"
+        except (ValueError, IndexError, TypeError, AssertionError) as exc:
+            log.info("server candidate %r not added: %s", text[:120], exc)
 
     def queue(self, cid: str, layer: int, payloads: tuple[bytes, ...], timestamp: int,
               marker: bool = True) -> None:

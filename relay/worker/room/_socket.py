@@ -79,7 +79,10 @@ class SignalSocket:
                 self._buffer.clear()
         elif isinstance(event, Ping):
             async with self._send_lock:
-                await self._stream.send_all(self._ws.send(event.response()))
+                try:
+                    await self._stream.send_all(self._ws.send(event.response()))
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    raise SignalSocketError(f"signal connection lost: {exc}") from exc
         elif isinstance(event, CloseConnection):
             raise SignalSocketError(f"the server closed the signal connection "
                                     f"({event.code} {event.reason})")
