@@ -207,7 +207,8 @@ class PictureOutput:
     later size change is scaled to them). The layers are encoded one after the
     other in one worker thread per picture, the top layer first, each sent as soon
     as it is encoded (the decoder runs in another thread meanwhile): on 2 cores this
-    cost 0.1 CPU s per media s less than a thread per layer (docs/PERFORMANCE.md).
+    measured the same CPU as a thread per layer (docs/DESIGN.md, "The publisher")
+    with a third of the thread hand-offs.
     A picture that comes while the previous one is still being encoded is skipped
     (counted in the `video_encoder` drops) rather than queued behind it. Layers above
     the bandwidth estimate (`RoomPublisher.layers_allowed`, from the room's
