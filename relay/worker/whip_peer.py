@@ -11,9 +11,10 @@ channels:
 * audio: in passthrough every Opus packet as sent (`OpusPacket`, never decoded);
   when transcoding, decoded `av.AudioFrame`s for our own Opus encoder.
 
-Passthrough taps aiortc's receivers between their jitter buffers and their decoder
-threads; aiortc has no public hook there (checked against aiortc 1.16, pinned in
-pyproject.toml, and covered by the WHIP end-to-end tests).
+Passthrough taps aiortc's video receiver between its jitter buffer and its decoder
+thread, and takes audio packets before the audio jitter buffer; aiortc has no
+public hook there (checked against aiortc 1.16, pinned in pyproject.toml, and
+covered by the WHIP end-to-end tests).
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ class WhipPeer:
                 elif self.passthrough:
                     tap_receiver(transceiver.receiver, self._on_encoded)
             if transceiver.kind == "audio" and self.passthrough:
-                tap_receiver(transceiver.receiver, self._on_opus)
+                self._forward_opus(transceiver.receiver, transceiver._codecs)
         self.stereo = "stereo=1" in offer_sdp
         return answer
 
@@ -205,9 +206,22 @@ class WhipPeer:
                                  frame.timestamp * 1_000_000 // RTP_VIDEO_CLOCK, rid)
         self._edge.to_trio(self._deliver, "video", picture)
 
-    def _on_opus(self, codec: Any, frame: Any) -> None:
-        self._edge.to_trio(self._deliver, "audio", OpusPacket(bytes(frame.data),
-                                                              frame.timestamp))
+    def _forward_opus(self, receiver: RTCRtpReceiver, codecs: list[Any]) -> None:
+        """Passthrough audio: each Opus packet goes on as it arrives, before aiortc's
+        audio jitter buffer (which waits for 4 packets: 80 ms on every packet, and
+        audio that late behind the video). The receiver still sees the packet for its
+        statistics and receiver reports; its decoder gets nothing (a tap that drops)."""
+        opus = {c.payloadType for c in codecs if c.name.lower() == "opus"}
+        original = receiver._handle_rtp_packet
+
+        async def handle(packet: Any, arrival_time_ms: int) -> None:
+            if packet.payload_type in opus and packet.payload:
+                self._edge.to_trio(self._deliver, "audio",
+                                   OpusPacket(bytes(packet.payload), packet.timestamp))
+            await original(packet, arrival_time_ms=arrival_time_ms)
+
+        receiver._handle_rtp_packet = handle  # type: ignore[method-assign]
+        tap_receiver(receiver, lambda codec, frame: None)
 
     def _deliver(self, kind: str, frame: Any) -> None:
         """In trio: one frame onto its channel, dropped if the consumer is that far behind."""
