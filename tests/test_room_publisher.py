@@ -226,3 +226,78 @@ async def test_a_bad_server_candidate_costs_that_candidate_only() -> None:
 
     async with aio_thread.open_asyncio_thread():
         await aio_thread.call(check)
+
+
+class _RecordingTransport:
+    """What RtpStream uses of aiortc's DTLS transport, recording what is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def _send_rtp(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+class _Sequences:
+    """A stand-in for the PeerConnection's transport-wide CC (sequence, records)."""
+
+    def __init__(self) -> None:
+        self.next = 65534
+        self.records: list[tuple[int, int]] = []
+
+    def next_sequence(self) -> int:
+        self.next = (self.next + 1) & 0xFFFF
+        return self.next
+
+    def sent(self, sequence: int, size: int) -> None:
+        self.records.append((sequence, size))
+
+
+def test_rtp_packets_read_back_with_aiortc() -> None:
+    """Our packet writer against an independent reader (aiortc's RtpPacket.parse):
+    header fields, marker on the frame's last packet, mid/rid/abs-send-time and the
+    transport-wide sequence in one-byte extensions; NACKed packets are sent again."""
+    import asyncio
+
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+    from aiortc.rtp import RTCP_RTPFB_NACK, HeaderExtensionsMap, RtcpRtpfbPacket, RtpPacket
+
+    from relay.worker.room._offer import ABS_SEND_TIME_URI, MID_URI, TWCC_URI
+    from relay.worker.room._rtp import RtpStream
+
+    ids = {MID_URI: 1, ABS_SEND_TIME_URI: 3, RID_URI: 10, TWCC_URI: 5}
+    transport, sequences = _RecordingTransport(), _Sequences()
+    stream = RtpStream(transport, ssrc=0xDEADBEEF, payload_type=102, clock_rate=90_000,
+                       mid="0", rid="f", extension_ids=ids, cname="c", congestion=sequences)
+    asyncio.run(stream.send_frame([b"a" * 1000, b"b" * 10], 3000))
+    asyncio.run(stream.send_frame([b"c"], 6000, marker_last=False))
+
+    extensions = HeaderExtensionsMap()
+    extensions.configure(RTCRtpParameters(headerExtensions=[
+        RTCRtpHeaderExtensionParameters(id=i, uri=u) for u, i in ids.items()]))
+    packets = [RtpPacket.parse(data, extensions) for data in transport.sent]
+    assert [p.payload for p in packets] == [b"a" * 1000, b"b" * 10, b"c"]
+    assert [p.marker for p in packets] == [0, 1, 0]
+    assert {(p.ssrc, p.payload_type) for p in packets} == {(0xDEADBEEF, 102)}
+    first = packets[0].sequence_number
+    assert [p.sequence_number for p in packets] == [first, (first + 1) & 0xFFFF,
+                                                    (first + 2) & 0xFFFF]
+    assert packets[1].timestamp == packets[0].timestamp
+    assert (packets[2].timestamp - packets[0].timestamp) & 0xFFFFFFFF == 3000
+    assert {(p.extensions.mid, p.extensions.rtp_stream_id) for p in packets} == {("0", "f")}
+    assert all(p.extensions.abs_send_time is not None for p in packets)
+    assert [p.extensions.transport_sequence_number for p in packets] == [65535, 0, 1]
+    assert sequences.records == [(65535, len(transport.sent[0])), (0, len(transport.sent[1])),
+                                 (1, len(transport.sent[2]))]
+
+    nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=0xDEADBEEF)
+    nack.lost = [(first + 1) & 0xFFFF, (first + 500) & 0xFFFF]  # the second never sent
+    asyncio.run(stream._handle_rtcp_packet(nack))
+    assert transport.sent[3:] == [transport.sent[1]] and stream.retransmitted == 1
+
+    audio = RtpStream(_RecordingTransport(), ssrc=7, payload_type=111, clock_rate=48_000,
+                      mid="1", extension_ids={MID_URI: 1}, cname="c")
+    asyncio.run(audio.send_frame([b"opus"], 960, marker_last=False))
+    packet = RtpPacket.parse(audio.transport.sent[0], extensions)
+    assert (packet.extensions.mid, packet.extensions.rtp_stream_id) == ("1", None)
+    assert packet.payload == b"opus" and packet.extensions.transport_sequence_number is None
