@@ -3,7 +3,9 @@
 A decoder is built from the stream's configuration event (avcC, hvcC, av1C,
 AudioSpecificConfig, OpusHead...) and turns coded frames into `av.VideoFrame` /
 `av.AudioFrame` with millisecond timestamps. Decoding is blocking C code that
-releases the GIL: callers run `decode()` in a worker thread, never on the event loop.
+releases the GIL: callers run a video `decode()` in a worker thread, never on the
+event loop; an audio frame decodes in ~20 us (AAC, Opus, MP3), less than a
+thread's round trip, and is decoded on the loop.
 """
 
 from __future__ import annotations

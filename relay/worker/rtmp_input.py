@@ -14,51 +14,64 @@ import trio
 import rtmp
 from relay.wire import EndOfStream, MessageReader
 
+from .front import receive_from_front
 from .passthrough import rtmp_passthrough_stage
 from .session import AUDIO_QUEUE, NO_MEDIA_TIMEOUT, VIDEO_QUEUE, Session, SessionFailed
+
+
+class _Router:
+    """Counts, lag-gates and queues each media event to its stage, without waiting."""
+
+    def __init__(self, session: Session, video: trio.MemorySendChannel,
+                 audio: trio.MemorySendChannel) -> None:
+        self.session, self.video, self.audio = session, video, audio
+        self.skip_video = False
+
+    def route(self, message: object) -> None:
+        session = self.session
+        if isinstance(message, rtmp.VideoConfig | rtmp.VideoFrame):
+            if isinstance(message, rtmp.VideoFrame):
+                session.video_in.count(message.dts, len(message.data))
+                session.video_lag.observe(message.dts)
+                if self.skip_video and not message.keyframe:
+                    session.dropped_video += 1
+                    return
+            try:
+                self.video.send_nowait(message)
+                self.skip_video = False
+            except trio.WouldBlock:
+                # Behind: drop video (never audio), up to the next keyframe so the
+                # decoder resumes on a clean picture.
+                self.skip_video = True
+                session.dropped_video += 1
+        elif isinstance(message, rtmp.AudioConfig | rtmp.AudioFrame):
+            if isinstance(message, rtmp.AudioFrame):
+                session.audio_in.count(message.dts, len(message.data))
+                session.audio_lag.observe(message.dts)
+            try:
+                self.audio.send_nowait(message)
+            except trio.WouldBlock:
+                # the audio stage is seconds behind: a stalled audio stage must not
+                # hold up video too
+                session.dropped_audio += 1
 
 
 async def route(session: Session, reader: MessageReader, stdin: trio.abc.ReceiveStream,
                 video: trio.MemorySendChannel, audio: trio.MemorySendChannel) -> EndOfStream:
     """Feed the stages until the session ends; returns how it ended."""
-    skip_video = False
+    router = _Router(session, video, audio)
     async with video, audio:
-        while True:
-            with trio.move_on_after(NO_MEDIA_TIMEOUT) as timeout:
-                data = await stdin.receive_some(1 << 16)
-            if timeout.cancelled_caught:
-                raise SessionFailed(f"no media received for {NO_MEDIA_TIMEOUT:.0f} s")
-            if not data:
-                return EndOfStream("the service closed the session", drain=False)
-            reader.receive_data(data)
-            for message in reader:
-                if isinstance(message, EndOfStream):
-                    return message
-                if isinstance(message, rtmp.VideoConfig | rtmp.VideoFrame):
-                    if isinstance(message, rtmp.VideoFrame):
-                        session.video_in.count(message.dts, len(message.data))
-                        session.video_lag.observe(message.dts)
-                        if skip_video and not message.keyframe:
-                            session.dropped_video += 1
-                            continue
-                    try:
-                        video.send_nowait(message)
-                        skip_video = False
-                    except trio.WouldBlock:
-                        # Behind: drop video (never audio), up to the next keyframe
-                        # so the decoder resumes on a clean picture.
-                        skip_video = True
-                        session.dropped_video += 1
-                elif isinstance(message, rtmp.AudioConfig | rtmp.AudioFrame):
-                    if isinstance(message, rtmp.AudioFrame):
-                        session.audio_in.count(message.dts, len(message.data))
-                        session.audio_lag.observe(message.dts)
-                    try:
-                        audio.send_nowait(message)
-                    except trio.WouldBlock:
-                        # the audio stage is seconds behind: a stalled audio stage
-                        # must not hold up video too
-                        session.dropped_audio += 1
+        # one scope for the session, its deadline pushed on by each read (cheaper than
+        # a scope per read, at ~80 reads a second)
+        with trio.CancelScope() as idle:
+            while True:
+                idle.deadline = trio.current_time() + NO_MEDIA_TIMEOUT
+                for message in await receive_from_front(reader, stdin):
+                    if isinstance(message, EndOfStream):
+                        return message
+                    router.route(message)
+        raise SessionFailed(f"no media received for {NO_MEDIA_TIMEOUT:.0f} s")
+
 
 async def run_rtmp(session: Session, stages: trio.Nursery, reader: MessageReader,
                    stdin: trio.abc.ReceiveStream) -> EndOfStream:

@@ -49,6 +49,7 @@ from relay.wire import EndOfStream, MessageReader
 
 from . import egress, srt
 from .egress_gate import EgressGate, failure_text, open_egress_gate
+from .front import receive_from_front
 from .session import MIME as CODEC_MIME
 from .session import AudioOutput, Session, SessionFailed, open_picture_output
 
@@ -545,7 +546,7 @@ class UrlPull:
             async for packet in packets:
                 at = _ms(packet, time_base)  # paced by the packet: decoders may not stamp
                 session.audio_in.count(at or 0, packet.size)
-                frames = await trio.to_thread.run_sync(_decode, codec, packet)
+                frames = _decode(codec, packet)  # on the loop: see relay/worker/decode.py
                 if frames and (at is None or await self.clock.wait(at)):
                     await output.play(frames)
 
@@ -565,10 +566,6 @@ def _decode(codec: Any, packet: Any) -> list[Any]:
 async def _front_ended(reader: MessageReader, stdin: trio.abc.ReceiveStream) -> EndOfStream:
     """The front sends nothing for a URL session but its end: EndOfStream or EOF."""
     while True:
-        data = await stdin.receive_some(1 << 16)
-        if not data:
-            return EndOfStream("the service closed the session", drain=False)
-        reader.receive_data(data)
-        for message in reader:
+        for message in await receive_from_front(reader, stdin):
             if isinstance(message, EndOfStream):
                 return message

@@ -37,6 +37,7 @@ from relay.wire import (
 )
 
 from . import aio_thread
+from .front import receive_from_front
 from .passthrough import EncodedVideoOutput
 from .room import PublishError
 from .session import (
@@ -151,11 +152,7 @@ class WhipSession:
 
     async def read_front(self) -> EndOfStream:
         while True:
-            data = await self.stdin.receive_some(1 << 16)
-            if not data:
-                return EndOfStream("the service closed the session", drain=False)
-            self.reader.receive_data(data)
-            for message in self.reader:
+            for message in await receive_from_front(self.reader, self.stdin):
                 if isinstance(message, EndOfStream):
                     return message
                 if isinstance(message, IceRestart):
