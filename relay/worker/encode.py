@@ -29,6 +29,8 @@ KEYFRAME_SECONDS = 2.0
 X264_PRESET = "veryfast"
 ENCODER_THREADS = 1  # per layer: the layers run in parallel threads (bench/transcode.py)
 OPUS_FRAME = 960  # samples: 20 ms at 48 kHz
+VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK)  # made once: a Fraction costs ~3 us
+AUDIO_TIME_BASE = Fraction(1, AUDIO_CLOCK)
 
 
 class EncodeError(Exception):
@@ -66,7 +68,7 @@ class LayerEncoder:
             raise EncodeError(f"cannot open the {codec} encoder: {exc}") from exc
         context.width, context.height = width, height
         context.pix_fmt = "yuv420p"
-        context.time_base = Fraction(1, VIDEO_CLOCK)
+        context.time_base = VIDEO_TIME_BASE
         context.framerate = Fraction(round(fps * 1000), 1000)
         context.bit_rate = bitrate
         context.thread_count = ENCODER_THREADS
@@ -85,18 +87,24 @@ class LayerEncoder:
         self._picture_id = 0
         self.frames = 0
 
+    def scaled(self, picture: av.VideoFrame) -> av.VideoFrame:
+        """The picture at this layer's size in yuv420p (itself if it already is).
+
+        Scaling from the next larger layer's picture instead of the source costs a
+        quarter for each halving (bench/sessions.py) and looks the same."""
+        if (picture.width, picture.height, picture.format.name) == (
+                self.width, self.height, "yuv420p"):
+            return picture
+        return self._reformatter.reformat(picture, width=self.width, height=self.height,
+                                          format="yuv420p",
+                                          interpolation=Interpolation.BILINEAR)
+
     def encode(self, picture: av.VideoFrame, timestamp: int,
                keyframe: bool = False) -> list[EncodedFrame]:
         """Frames for one decoded picture (any size and format); ``timestamp`` 90 kHz."""
-        if (picture.width, picture.height, picture.format.name) != (
-                self.width, self.height, "yuv420p"):
-            picture = self._reformatter.reformat(picture, width=self.width,
-                                                 height=self.height, format="yuv420p",
-                                                 interpolation=Interpolation.BILINEAR)
-        else:  # the decoder's own frame: not ours to mark
-            picture = picture.reformat()
+        picture = self.scaled(picture)
         picture.pts = timestamp
-        picture.time_base = Fraction(1, VIDEO_CLOCK)
+        picture.time_base = VIDEO_TIME_BASE
         picture.pict_type = PictureType.I if keyframe else PictureType.NONE
         try:
             packets = self._context.encode(picture)
@@ -139,7 +147,7 @@ class OpusEncoder:
         context.layout = layout
         context.format = "s16"
         context.bit_rate = bitrate
-        context.time_base = Fraction(1, AUDIO_CLOCK)
+        context.time_base = AUDIO_TIME_BASE
         context.options = {"application": "audio", "frame_duration": "20",
                            "dtx": "1" if dtx else "0"}
         self._context = context
@@ -156,7 +164,7 @@ class OpusEncoder:
         while self._fifo.samples >= OPUS_FRAME:
             chunk = self._fifo.read(OPUS_FRAME)
             chunk.pts = self._samples
-            chunk.time_base = Fraction(1, AUDIO_CLOCK)
+            chunk.time_base = AUDIO_TIME_BASE
             self._samples += OPUS_FRAME
             try:
                 packets = self._context.encode(chunk)
