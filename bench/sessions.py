@@ -5,8 +5,9 @@ Adds session workers (relay/worker/main.py) one at a time, each fed its own copy
 1280x720 30 fps H.264 + AAC stream in real time and publishing into a local
 livekit-server (each encoding the preset's layers itself), until the workers start
 dropping video (their lag gate, queue or layer encoders) or use more CPU than the
-machine has. For each step: the workers' CPU (cores),
-their resident memory (total and per session), and the drops in the window.
+machine has. For each step: the workers' CPU (cores), the SFU's and this process'
+(the stand-in for the service's RTMP front), the machine's idle share, the workers'
+memory (RSS and PSS per session) and the drops in the window, by counter.
 No subscribers run here: viewers are on other machines, and decoding for them
 would take CPU from the workers. Run: .venv/bin/python bench/sessions.py [--max 8]
 """
@@ -14,6 +15,8 @@ would take CPU from the workers. Run: .venv/bin/python bench/sessions.py [--max 
 from __future__ import annotations
 
 import argparse
+import collections
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -36,11 +39,15 @@ WARMUP = 6.0
 WINDOW = 8.0
 
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+def memory_bytes(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of a process. RSS counts every page it maps, those it shares with
+    the other workers (the same libraries) too; PSS divides each shared page among
+    its sharers: the sum of PSS over the workers is what they take together."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, _, value = line.partition(":")
+        fields[key] = int(value.split()[0]) * 1024
+    return fields.get("Rss", 0), fields.get("Pss", 0)
 
 
 def make_source(path: Path) -> None:
@@ -59,8 +66,14 @@ class Session:
         self.worker = worker
         self.last: StateReport | None = None
 
-    def drops(self) -> int:
-        return sum(self.last.drops.values()) if self.last is not None else 0
+    def drops(self) -> collections.Counter[str]:
+        return collections.Counter(self.last.drops if self.last is not None else {})
+
+
+def idle_seconds() -> float:
+    """The machine's idle time so far, all cores (/proc/stat: idle + iowait)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return (int(fields[3]) + int(fields[4])) / os.sysconf("SC_CLK_TCK")
 
 
 async def feed(worker: SessionWorker, events: list[rtmp.Event]) -> None:
@@ -99,8 +112,9 @@ async def run_session(livekit: LiveKitServer, events: list[rtmp.Event], n: int,
 
 async def bench(livekit: LiveKitServer, events: list[rtmp.Event], most: int) -> None:
     sessions: list[Session] = []
-    print(f"{'sessions':>8} {'CPU cores':>9} {'RSS total MB':>12} {'RSS/session MB':>14} "
-          f"{'drops in window':>15}")
+    print(f"{'sessions':>8} {'CPU cores':>9} {'SFU':>5} {'front':>5} {'idle':>5} "
+          f"{'RSS/session MB':>14} {'PSS/session MB':>14} {'drops in window':>15}")
+    others = [livekit.proc.pid if livekit.proc else 0, os.getpid()]
     async with trio.open_nursery() as nursery:
         for n in range(1, most + 1):
             await nursery.start(run_session, livekit, events, n, sessions)
@@ -111,14 +125,21 @@ async def bench(livekit: LiveKitServer, events: list[rtmp.Event], most: int) -> 
                 break
             pids = [s.worker.process.pid for s in sessions]
             cpu0 = sum(cpu_seconds(p) for p in pids)
-            drops0 = sum(s.drops() for s in sessions)
+            others0 = [cpu_seconds(p) for p in others]
+            idle0 = idle_seconds()
+            drops0 = sum((s.drops() for s in sessions), collections.Counter())
             await trio.sleep(WINDOW)
             cores = (sum(cpu_seconds(p) for p in pids) - cpu0) / WINDOW
-            rss = sum(rss_bytes(p) for p in pids) / 1e6
+            sfu, front = ((cpu_seconds(p) - c) / WINDOW
+                          for p, c in zip(others, others0, strict=True))
+            idle = (idle_seconds() - idle0) / WINDOW / (os.cpu_count() or 1)
+            memory = [memory_bytes(p) for p in pids]
+            rss, pss = (sum(m[i] for m in memory) / 1e6 / n for i in (0, 1))
             await trio.sleep(0.5 + 5)  # a fresh stats report (every 5 s)
-            drops = sum(s.drops() for s in sessions) - drops0
-            print(f"{n:>8} {cores:>9.2f} {rss:>12.0f} {rss / n:>14.0f} {drops:>15}",
-                  flush=True)
+            drops = sum((s.drops() for s in sessions), collections.Counter()) - drops0
+            shown = ", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "0"
+            print(f"{n:>8} {cores:>9.2f} {sfu:>5.2f} {front:>5.2f} {idle:>5.0%} {rss:>14.0f} "
+                  f"{pss:>14.0f} {shown:>15}", flush=True)
             if drops or cores > 1.9:
                 print(f"-> {n - 1 if drops else n} sessions in real time on this machine")
                 break
