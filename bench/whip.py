@@ -66,7 +66,7 @@ from bench.latency import (
     start_harness,
     window_latencies,
 )
-from bench.sessions import rss_bytes
+from bench.sessions import memory_bytes
 from tests import whip_client
 
 if TYPE_CHECKING:
@@ -294,7 +294,7 @@ async def run_step(service: ServiceProcess, keys: list[str], units: list[bytes],
     work = (sum(cpu_seconds(w) for w in workers) - work0) / span
     other = {k: (cpu_seconds(p) - cpu0[k]) / span for k, p in pids.items()}
     rate = min((p.track.sent - s) / span for p, s in zip(publishers, sent0, strict=True))
-    rss = [rss_bytes(w) / 1e6 for w in workers if Path(f"/proc/{w}").exists()]
+    rss = [memory_bytes(w)[0] / 1e6 for w in workers if Path(f"/proc/{w}").exists()]
     stop.set()
     results = await asyncio.gather(*(p.task for p in publishers), return_exceptions=True)
     ended: dict[int, tuple[str, int, int, int]] = {}
