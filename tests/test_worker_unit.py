@@ -1,7 +1,10 @@
-"""Worker pieces that need no room: the frame-rate limiter, the lag gate, and the
-front's side of a WHIP ICE restart."""
+"""Worker pieces that need no room: the frame-rate limiter, the lag gate, the RTMP
+router's no-media timeout, and the front's side of a WHIP ICE restart."""
 
 from __future__ import annotations
+
+import trio
+import trio.testing
 
 from relay.worker.session import FrameRateLimiter
 
@@ -116,3 +119,55 @@ def test_rtp_timestamps_only_move_forward() -> None:
     assert clock(0, 0.166) == 166  # an encoder restart at 0
     assert clock(0, 0.166) == 166 + 0  # a repeated timestamp stays (no step back)
     assert clock(33, 0.2) == 199
+
+
+async def test_rtmp_router_ends_a_session_without_media_and_not_one_with_it(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The no-media timeout is pushed on by each read (one cancel scope for the
+    session): media every 0.6 timeouts keeps the session; silence ends it with
+    the error the ingress shows."""
+    import contextlib
+
+    import rtmp
+    from relay.wire import EndOfStream, MessageReader, encode
+    from relay.worker import rtmp_input
+    from relay.worker.session import InputStats, LagGate, SessionFailed
+
+    class _Session:  # what the router reads and counts of a Session
+        video_in, audio_in = InputStats(), InputStats()
+        video_lag, audio_lag = LagGate(500), LagGate(50)
+        dropped_video = dropped_audio = 0
+
+    async def run(feed: list[bytes | None]) -> tuple[object, int]:
+        send, receive = trio.testing.memory_stream_one_way_pair()
+        video_send, _video = trio.open_memory_channel[object](10)
+        audio_send, audio_receive = trio.open_memory_channel[object](10)
+        result: list[object] = []
+
+        async def front() -> None:
+            for item in feed:
+                await trio.sleep(0.6 * rtmp_input.NO_MEDIA_TIMEOUT)
+                if item is None:
+                    return  # then silence
+                await send.send_all(item)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(front)
+            try:
+                result.append(await rtmp_input.route(
+                    _Session(), MessageReader(), receive, video_send, audio_send))
+            except SessionFailed as exc:
+                result.append(exc)
+            nursery.cancel_scope.cancel()
+        queued = 0
+        with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+            while audio_receive.receive_nowait():
+                queued += 1
+        return result[0], queued
+
+    frame = encode(rtmp.AudioFrame("aac", 0, b"\x21\x00"))
+    end, queued = await run([frame] * 4 + [encode(EndOfStream("the publisher stopped"))])
+    assert end == EndOfStream("the publisher stopped") and queued == 4
+    failure, queued = await run([frame, frame, None])
+    assert isinstance(failure, SessionFailed) and queued == 2
+    assert str(failure) == f"no media received for {rtmp_input.NO_MEDIA_TIMEOUT:.0f} s"
