@@ -171,3 +171,59 @@ async def test_rtmp_router_ends_a_session_without_media_and_not_one_with_it(
     failure, queued = await run([frame, frame, None])
     assert isinstance(failure, SessionFailed) and queued == 2
     assert str(failure) == f"no media received for {rtmp_input.NO_MEDIA_TIMEOUT:.0f} s"
+
+
+async def test_simulcast_passthrough_holds_back_layers_over_the_estimate() -> None:
+    """Layers above the bandwidth estimate are not forwarded, from the top down; a
+    layer that fits again waits for its next keyframe and asks for one."""
+    from relay.worker.passthrough import EncodedVideoOutput
+
+    class _Publisher:  # what EncodedVideoOutput uses of RoomPublisher, once published
+        allowed, estimate = 3, 1e6
+        sent: list[tuple[int, bool]] = []
+
+        def layers_allowed(self, track: object) -> int:
+            return self.allowed
+
+        def take_keyframe_request(self, track: object, layer: int) -> bool:
+            return False
+
+        def send(self, track: object, layer: int, payloads: object, timestamp: int) -> None:
+            self.sent.append((layer, self.keyframe))
+
+    class _Session:
+        publisher = _Publisher()
+        video_in = type("Stats", (), {"mime": "", "width": 0, "height": 0})()
+        captured_video = 0
+
+    session = _Session()
+    publisher = session.publisher
+    output = EncodedVideoOutput(session, ("q", "h", "f"))  # type: ignore[arg-type]
+    output.track = object()  # type: ignore[assignment]  # published already
+    output.layers = ["q", "h", "f"]
+    output.sizes = {"q": (320, 180), "h": (640, 360), "f": (1280, 720)}
+    vp8_delta = b"\x01\x00\x00" + b"\x00" * 20  # a VP8 inter frame (no size probe)
+
+    async def unit(rid: str) -> None:
+        publisher.keyframe = False
+        await output.send("vp8", vp8_delta, False, 33_000, rid)
+
+    for rid in "qhf":
+        await unit(rid)
+    assert publisher.sent == [(0, False), (1, False), (2, False)]
+    publisher.sent.clear()
+    publisher.allowed = 1  # the estimate fell: only LOW fits
+    for rid in "qhf":
+        await unit(rid)
+    assert publisher.sent == [(0, False)] and output.held == {1, 2}
+    publisher.allowed = 3  # it rose again: the held layers wait for a keyframe
+    publisher.sent.clear()
+    for rid in "qhf":
+        await unit(rid)
+    assert publisher.sent == [(0, False)]
+    assert output.keyframe_requested(1) and output.keyframe_requested(2)
+    assert not output.keyframe_requested(1)  # asked once per wait
+    publisher.keyframe = True
+    await output.send("vp8", vp8_delta, True, 66_000, "h")
+    await output.send("vp8", vp8_delta, False, 66_000, "f")
+    assert publisher.sent[1:] == [(1, True)] and output.held == {2}

@@ -1,9 +1,10 @@
 """Video that goes to the room as the publisher encoded it (no decode, no re-encode).
 
-The publisher (relay/worker/room) sends one layer of H.264 (Annex B) or VP8 in
-decode order as it came, packetized for RTP. WebRTC has no B-frames: a stream whose presentation
-order differs from its decode order cannot pass, and neither can a codec the
-room's subscribers may not decode (HEVC, AV1, VP9 from RTMP). Such a source ends
+The publisher (relay/worker/room) sends one layer of H.264 (Annex B) or VP8 (or
+a WHIP publisher's simulcast layers) in decode order as it came, packetized for
+RTP. WebRTC has no B-frames: a stream whose presentation order differs from its
+decode order cannot pass, and neither can a codec the room's subscribers may not
+decode (HEVC, AV1, VP9 from RTMP). Such a source ends
 the session with an error that says what to change.
 
 Used by WHIP sessions (relay/worker/whip_input.py) and, behind the `rtmp_passthrough`
@@ -11,6 +12,8 @@ switch, by RTMP ingresses with enable_transcoding=false.
 """
 
 from __future__ import annotations
+
+import logging
 
 import av
 import trio
@@ -21,6 +24,8 @@ import rtmp
 from .encode import packetize_access_unit
 from .room import PublishedTrack, VideoLayer
 from .session import MIME, MonotonicClock, Session, SessionFailed
+
+log = logging.getLogger("relay.worker")
 
 ADVICE = ("turn transcoding on for this ingress (enable_transcoding: true) or set the "
           "encoder to H.264 without B-frames (x264: -bf 0; OBS: profile baseline)")
@@ -62,6 +67,12 @@ class EncodedVideoOutput:
     A keyframe request from the room cannot be served here (we do not encode): the
     input decides what to do with `keyframe_requested()` (WHIP asks its publisher
     with a PLI; RTMP has no way back and waits for the encoder's next keyframe).
+
+    Simulcast layers above the bandwidth estimate (`RoomPublisher.layers_allowed`,
+    from the room's transport-wide CC feedback, against the announced bitrates) are
+    not forwarded, from the top down, so that the lower ones get through intact; a
+    layer that fits again resumes at its next keyframe, which `keyframe_requested()`
+    asks for.
     """
 
     def __init__(self, session: Session, rids: tuple[str, ...] = ("",)) -> None:
@@ -73,6 +84,8 @@ class EncodedVideoOutput:
         self.track: PublishedTrack | None = None
         self.picture_ids = dict.fromkeys(rids, 0)
         self.clocks = {rid: MonotonicClock() for rid in rids}
+        self.held: set[int] = set()  # layers not forwarded (over the estimate) ...
+        self.keyframe_owed: set[int] = set()  # ... and those waiting for a keyframe
 
     @property
     def top(self) -> str | None:
@@ -102,6 +115,8 @@ class EncodedVideoOutput:
         if rid not in self.layers:
             return
         layer = self.layers.index(rid)
+        if len(self.layers) > 1 and not self._forwarded(layer, keyframe):
+            return
         if rid == self.top:
             session.video_in.width, session.video_in.height = self.sizes[rid]
             session.captured_video += 1
@@ -128,12 +143,35 @@ class EncodedVideoOutput:
             source=session.info.video.source)
         await session.report_state("publishing")
 
+    def _forwarded(self, layer: int, keyframe: bool) -> bool:
+        """Whether a simulcast layer's access unit goes to the room (congestion)."""
+        assert self.track is not None
+        allowed = self.session.publisher.layers_allowed(self.track)
+        if layer >= allowed:
+            if layer not in self.held:
+                log.info("holding back simulcast layer %d of %d (bandwidth estimate %s "
+                         "kbit/s)", layer + 1, len(self.layers),
+                         int((self.session.publisher.estimate or 0) / 1000))
+            self.held.add(layer)
+            return False
+        if layer in self.held:
+            if not keyframe:
+                self.keyframe_owed.add(layer)
+                return False
+            log.info("forwarding simulcast layer %d of %d again", layer + 1,
+                     len(self.layers))
+            self.held.discard(layer)
+            self.keyframe_owed.discard(layer)
+        return True
+
     def keyframe_requested(self, layer: int = 0) -> bool:
-        """Whether a subscriber asked for a keyframe of a layer (the SFU's PLI) since the
-        last call."""
+        """Whether a keyframe of a layer is wanted since the last call: a subscriber
+        asked (the SFU's PLI), or the layer resumes after being held back."""
         if self.track is None or layer >= len(self.layers):
             return False
-        return self.session.publisher.take_keyframe_request(self.track, layer)
+        owed = layer in self.keyframe_owed
+        self.keyframe_owed.discard(layer)
+        return self.session.publisher.take_keyframe_request(self.track, layer) or owed
 
 
 LAYER_WAIT = 3.0
