@@ -4,8 +4,8 @@ The publisher (relay/worker/room) sends one layer of H.264 (Annex B) or VP8 (or
 a WHIP publisher's simulcast layers) in decode order as it came, packetized for
 RTP. WebRTC has no B-frames: a stream whose presentation order differs from its
 decode order cannot pass, and neither can a codec the room's subscribers may not
-decode (HEVC, AV1, VP9 from RTMP). Such a source ends
-the session with an error that says what to change.
+decode (HEVC, AV1, VP9 from RTMP). Such a source ends the session with an error
+that says what to change.
 
 Used by WHIP sessions (relay/worker/whip_input.py) and, behind the `rtmp_passthrough`
 switch, by RTMP ingresses with enable_transcoding=false.

@@ -437,8 +437,8 @@ class Session:
             if not self.audio_lag.admit(event.dts):
                 continue  # stale: the room hears the live edge, in step with the video
             try:
-                # here, not in a thread: an AAC frame decodes in ~20 us, a tenth of a
-                # thread's round trip (bench/sessions.py)
+                # here, not in a thread: an AAC frame decodes in ~20 us (17 measured
+                # for 1024 stereo samples), a tenth of a thread's round trip
                 decoded = decoder.decode(event)
                 errors = 0
             except DecodeError as exc:
