@@ -76,8 +76,6 @@ async def test_ice_restart_answers_reach_the_restart_that_asked() -> None:
     import subprocess
     import sys
 
-    import trio
-
     from relay.service.ingest.worker_client import SessionWorker
     from relay.wire import IceCredentials, IceRestart
 
