@@ -3,6 +3,7 @@ with a recording stand-in for the worker process): what the worker gets, limits.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -185,3 +186,53 @@ def test_the_cores_buffer_caps_follow_the_message_size_setting() -> None:
     assert (config.max_message_size, config.max_buffered_bytes,
             config.max_receive_buffer) == (256 * 1024, 512 * 1024, 512 * 1024 + RECEIVE_SIZE)
     assert config.max_message_size_before_publish == 64 * 1024  # the core's own
+
+
+async def test_a_takeover_starts_its_worker_after_the_replaced_one_left(
+        tmp_path: Path) -> None:
+    """Both workers join the room as the ingress' participant, and the room keeps the
+    one that joins last: the newer session's worker starts only once the replaced one
+    has left (and its final state is written), never while it is still leaving."""
+    events: list[str] = []
+    launched = itertools.count(1)
+
+    @asynccontextmanager
+    async def launch(start: Start) -> AsyncIterator[RecordingWorker]:
+        name = f"worker {next(launched)}"
+        events.append(f"{name} started")
+        worker = RecordingWorker(start)
+        try:
+            yield worker
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(0.3)  # leaving the room takes a while
+            events.append(f"{name} left")
+            worker.exited.set()
+            worker._reports_send.close()
+
+    async with open_sqlite_store(tmp_path / "s.sqlite3") as store, trio.open_nursery() as n:
+        info = pb.IngressInfo(ingress_id="IN_takeover234", stream_key=KEY, room_name="room",
+                              input_type=pb.IngressInput.RTMP_INPUT, participant_identity="p",
+                              state=pb.IngressState())
+        await store.create(info)
+        host = SessionHost(LocalControlPlane(store), SessionRegistry(),
+                           workers=WorkerSettings("ws://x", "key", "secret" * 6),
+                           launch=launch)
+        resources: list[str] = []
+
+        async def publish() -> None:
+            async with host.session("rtmp", info) as live:
+                resources.append(live.resource_id)
+                await trio.sleep_forever()
+
+        n.start_soon(publish)
+        await trio.sleep(0.1)
+        n.start_soon(publish)
+        with trio.fail_after(5):
+            while len(resources) < 2:
+                await trio.sleep(0.01)
+        assert events == ["worker 1 started", "worker 1 left", "worker 2 started"]
+        state = (await store.get(info.ingress_id)).state
+        assert (state.status, state.resource_id) == (pb.IngressState.ENDPOINT_BUFFERING,
+                                                     resources[1])
+        n.cancel_scope.cancel()

@@ -11,7 +11,9 @@ A front keeps only its protocol (RTMP chunks, WHIP's HTTP resource, a URL to pul
    until it ends.
 3. **register** its cancel scope under the ingress id (registry.py): a newer session
    on the same ingress, DeleteIngress, UpdateIngress and shutdown end it by
-   cancelling that scope, so everything below runs in one ``finally``.
+   cancelling that scope, so everything below runs in one ``finally``. A newer
+   session waits (bounded) until the one it replaced has ended: its worker out of
+   the room, its final state written.
 4. **BUFFERING** with a fresh resource id and ``started_at``, through the control
    plane (control.py). An ingress deleted meanwhile refuses the session.
 5. **worker**: the session's child process (worker_client.py), started with ``Start``
@@ -66,6 +68,8 @@ from .worker_client import SessionWorker, open_session_worker
 log = logging.getLogger(__name__)
 
 STATE_WRITE_TIMEOUT = 5.0
+# a replaced session ends within its worker's exit grace plus its final state write
+TAKEOVER_WAIT = 10.0
 SHUTTING_DOWN = "server shutting down"  # the stop reason of every session at shutdown
 
 _PREFIX = {"rtmp": RTMP_RESOURCE_PREFIX, "whip": WHIP_RESOURCE_PREFIX,
@@ -244,6 +248,7 @@ class SessionHost:
                 info.ingress_id, live.resource_id, scope) as registration:
             live.registration = registration
             try:
+                await self._outlive(registration.replaced, who)
                 started = True  # from here a final state is owed: BUFFERING may be written
                 written = await self.control.update_state(info.ingress_id, pb.IngressState(
                     status=pb.IngressState.ENDPOINT_BUFFERING, resource_id=live.resource_id,
@@ -294,6 +299,22 @@ class SessionHost:
         if not yielded:  # stopped (or failed) while starting: the block never ran
             raise Refused(Refusal.STOPPED, f"the session ended while starting: "
                           f"{live.reason}", info)
+
+    async def _outlive(self, replaced: LiveSession | None, who: str) -> None:
+        """A takeover starts once the session it replaced has ended (bounded).
+
+        Both publish as the ingress' participant identity, and the room keeps whichever
+        joins last: a replaced worker still joining could otherwise push the new one
+        out. Waiting also writes the old session's final state before the new one's
+        BUFFERING.
+        """
+        if replaced is None or replaced.ended.is_set():
+            return
+        with trio.move_on_after(TAKEOVER_WAIT):
+            await replaced.ended.wait()
+            return
+        log.warning("%s: the session it took over has not ended after %.0f s; going on",
+                    who, TAKEOVER_WAIT)
 
     async def _finish(self, live: Live, who: str, elapsed: float) -> None:
         stop_reason = live.registration.stop_reason if live.registration else ""

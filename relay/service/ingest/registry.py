@@ -23,6 +23,9 @@ class LiveSession:
     resource_id: str
     cancel_scope: trio.CancelScope
     stop_reason: str = field(default="")
+    # the session this one took over, until it has ended (see SessionHost.session)
+    replaced: LiveSession | None = None
+    ended: trio.Event = field(default_factory=trio.Event)
 
 
 class SessionRegistry:
@@ -55,7 +58,7 @@ class SessionRegistry:
         if old is not None:
             old.stop_reason = f"taken over by {resource_id}"
             old.cancel_scope.cancel()
-        session = LiveSession(ingress_id, resource_id, cancel_scope)
+        session = LiveSession(ingress_id, resource_id, cancel_scope, replaced=old)
         if self._emptied.is_set():
             self._emptied = trio.Event()
         self._live[ingress_id] = session
@@ -64,6 +67,8 @@ class SessionRegistry:
         try:
             yield session
         finally:
+            session.ended.set()
+            session.replaced = None
             if self._live.get(ingress_id) is session:
                 del self._live[ingress_id]
                 self._tell(ingress_id, False)
