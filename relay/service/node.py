@@ -31,6 +31,7 @@ from .cluster.control import ClusterControlPlane, url_affinity
 from .cluster.journal import LiveJournal
 from .cluster.redis_bus import open_redis_bus
 from .config import Config
+from .console import ConsoleSettings, console_blueprint
 from .http.app import create_app, create_ops_app, record_call
 from .http.server import HttpLimits, listener_config, serve_app
 from .ingest.admission import Admission
@@ -141,7 +142,11 @@ async def serve(config: Config, *, stop: trio.Event | None = None,
                                 record=record_call)
         nursery.start_soon(status.sample_cpu)
         nursery.start_soon(watch_loop_lag)
-        app = create_app(status, twirp, whip)
+        console = None
+        if store is not None:  # a cluster worker's API (and console) is the server's
+            console = console_blueprint(service, ConsoleSettings(
+                config.api_key, config.api_secret, config.ws_url, dev=config.dev))
+        app = create_app(status, twirp, whip, console)
         limits = HttpLimits(request_timeout=config.http_request_timeout,
                             max_connections=config.http_max_connections)
         http = (await nursery.start(partial(

@@ -1,4 +1,4 @@
-"""The node's HTTP face: one quart-trio app (Twirp, WHIP, health, availability, metrics).
+"""The node's HTTP face: one quart-trio app (Twirp, WHIP, console, health, metrics).
 
 hypercorn serves it (server.py). Quart routes serve WHIP (`/w...`, with CORS on every
 answer so a page on another origin can publish) and the operations endpoints. The
@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from quart import Response, request
+from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -59,12 +59,16 @@ def record_call(method: str, code: str, seconds: float) -> None:
 
 
 def create_app(status: NodeStatus, twirp: TwirpServer | None = None,
-               whip: WhipHandler | None = None) -> QuartTrio:
-    """The app of the HTTP listener; `twirp` None: the API lives elsewhere (503)."""
+               whip: WhipHandler | None = None, console: Blueprint | None = None
+               ) -> QuartTrio:
+    """The app of the HTTP listener; `twirp` None: the API lives elsewhere (503);
+    `console`: the web console's pages (relay.service.console)."""
     app = QuartTrio("ingress-relay")
-    app.config["MAX_CONTENT_LENGTH"] = WHIP_MAX_BODY  # Quart's routes: WHIP and operations
+    app.config["MAX_CONTENT_LENGTH"] = WHIP_MAX_BODY  # Quart's routes: WHIP, console, ops
     add_ops_routes(app, status)
     add_whip_routes(app, whip)
+    if console is not None:
+        app.register_blueprint(console)
     app.asgi_app = TwirpMiddleware(app.asgi_app, twirp)  # type: ignore[method-assign]
     return app
 

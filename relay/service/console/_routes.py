@@ -1,0 +1,275 @@
+"""The console's routes on the node's Quart app (/console/...).
+
+Every page but sign-in needs a console session (cookie: HttpOnly, SameSite=Strict,
+Secure over TLS); every POST needs the session's CSRF token in its form. Under
+``--dev`` each browser gets a session without signing in and every page says so.
+Ingresses are read and changed through the same IngressApi as the Twirp API, so the
+console shows the API's own validation messages.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from livekit import api as lkapi
+from livekit.protocol import ingress as pb
+from quart import Blueprint, Response, redirect, render_template, request, send_file
+
+from api.errors import TwirpError
+from api.service import IngressApi, WireResponse
+
+from . import _forms as forms
+from ._sessions import ConsoleSession, ConsoleSessions
+
+COOKIE = "ingress_console"
+SIGN_IN_COOKIE = "ingress_console_sign_in"  # the sign-in form's own CSRF token
+PREVIEW_TOKEN_TTL = timedelta(minutes=10)
+LIST_LIMIT = 1000  # ingresses the list shows (pages of the API, read in turn)
+LIVEKIT_CLIENT = Path(__file__).parent / "js" / "node_modules" / "livekit-client" / "dist" \
+    / "livekit-client.umd.js"
+
+
+@dataclass(frozen=True)
+class ConsoleSettings:
+    api_key: str
+    api_secret: str
+    ws_url: str  # the LiveKit server the preview subscribes through ("" = no preview)
+    dev: bool = False
+
+
+def console_blueprint(ingresses: IngressApi, settings: ConsoleSettings,
+                      sessions: ConsoleSessions | None = None) -> Blueprint:
+    """The /console/ pages over `ingresses` (this node's IngressService)."""
+    bp = Blueprint("console", __name__, url_prefix="/console",
+                   template_folder="templates", static_folder="static")
+    sessions = sessions or ConsoleSessions(settings.api_key, settings.api_secret)
+
+    def current() -> ConsoleSession | None:
+        return sessions.get(request.cookies.get(COOKIE, ""))
+
+    async def page(template: str, session: ConsoleSession | None, status: int = 200,
+                   **context: Any) -> Response:
+        body = await render_template(template, session=session, dev=settings.dev,
+                                     **context)
+        return Response(body, status=status, content_type="text/html; charset=utf-8")
+
+    def with_cookie(response: Response, session: ConsoleSession) -> Response:
+        response.set_cookie(COOKIE, session.session_id, httponly=True, samesite="Strict",
+                            secure=request.scheme == "https", path="/console")
+        return response
+
+    def signed_in(view: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Any]]:
+        """The view with the browser's session; sign-in first (POST: 403) without one.
+        A POST must carry the session's CSRF token."""
+        async def wrapped(**kwargs: Any) -> Any:
+            session = current()
+            opened = session is None and settings.dev
+            if opened:
+                session = sessions.open()
+            if session is None:
+                if request.method != "GET":
+                    return Response("sign in first\n", status=403, content_type="text/plain")
+                return redirect("/console/sign-in")
+            if request.method == "POST":
+                form = await request.form
+                if opened or not sessions.csrf_ok(session, form.get("csrf", "")):
+                    return Response("the form's CSRF token is missing or wrong: reload the "
+                                    "page and try again\n", status=403,
+                                    content_type="text/plain")
+            response = await view(session, **kwargs)
+            if not isinstance(response, Response):
+                response = Response(response) if isinstance(response, str) else response
+            return with_cookie(response, session) if opened else response
+        wrapped.__name__ = view.__name__
+        return wrapped
+
+    async def one(ingress_id: str) -> pb.IngressInfo | None:
+        listed = _decoded(await ingresses.list(pb.ListIngressRequest(ingress_id=ingress_id)))
+        return listed.items[0] if listed.items else None
+
+    async def all_ingresses(room: str) -> list[pb.IngressInfo]:
+        found: list[pb.IngressInfo] = []
+        req = pb.ListIngressRequest(room_name=room)
+        while len(found) < LIST_LIMIT:
+            listed = _decoded(await ingresses.list(req))
+            found += listed.items
+            if not listed.HasField("next_page_token") or not listed.next_page_token.token:
+                break
+            req.page_token.token = listed.next_page_token.token
+        return sorted(found[:LIST_LIMIT], key=lambda i: (i.room_name, i.name, i.ingress_id))
+
+    # -- sign-in ---------------------------------------------------------------------
+
+    @bp.route("/sign-in", methods=["GET", "POST"])
+    async def sign_in() -> Any:
+        if settings.dev:
+            return redirect("/console/")
+        error = ""
+        status = 200
+        if request.method == "POST":
+            form = await request.form
+            expected = request.cookies.get(SIGN_IN_COOKIE, "")
+            if not expected or not secrets.compare_digest(form.get("csrf", ""), expected):
+                return Response("the sign-in form's CSRF token is missing or wrong: reload "
+                                "the page\n", status=403, content_type="text/plain")
+            session = sessions.sign_in(form.get("api_key", ""), form.get("api_secret", ""))
+            if session is not None:
+                response = with_cookie(redirect("/console/"), session)
+                response.delete_cookie(SIGN_IN_COOKIE, path="/console")
+                return response
+            error, status = "That API key and secret do not sign in to this node.", 401
+        token = secrets.token_urlsafe(24)
+        response = await page("sign_in.html", None, status, csrf=token, error=error)
+        response.set_cookie(SIGN_IN_COOKIE, token, httponly=True, samesite="Strict",
+                            secure=request.scheme == "https", path="/console",
+                            max_age=3600)
+        return response
+
+    @bp.route("/sign-out", methods=["POST"])
+    @signed_in
+    async def sign_out(session: ConsoleSession) -> Response:
+        sessions.sign_out(session.session_id)
+        response = redirect("/console/sign-in")
+        response.delete_cookie(COOKIE, path="/console")
+        return response
+
+    # -- the list --------------------------------------------------------------------
+
+    @bp.route("/")
+    @signed_in
+    async def index(session: ConsoleSession) -> Response:
+        room = request.args.get("room", "")
+        rows = [forms.row(info) for info in await all_ingresses(room)]
+        return await page("list.html", session, rows=rows, room=room)
+
+    @bp.route("/rows")
+    @signed_in
+    async def rows(session: ConsoleSession) -> Response:
+        """The list's rows alone: the page polls this to update without a reload."""
+        room = request.args.get("room", "")
+        rows = [forms.row(info) for info in await all_ingresses(room)]
+        return await page("_rows.html", session, rows=rows)
+
+    # -- one ingress -----------------------------------------------------------------
+
+    @bp.route("/ingress/<ingress_id>")
+    @signed_in
+    async def ingress(session: ConsoleSession, ingress_id: str) -> Response:
+        info = await one(ingress_id)
+        if info is None:
+            return await page("missing.html", session, 404, ingress_id=ingress_id)
+        return await page("ingress.html", session, info=info, row=forms.row(info),
+                          settings=forms.publisher_settings(info),
+                          preview=bool(settings.ws_url), ws_url=settings.ws_url,
+                          client_installed=LIVEKIT_CLIENT.is_file())
+
+    @bp.route("/ingress/<ingress_id>/preview-token")
+    @signed_in
+    async def preview_token(session: ConsoleSession, ingress_id: str) -> Response:
+        """A short-lived, subscribe-only, hidden participant for the preview."""
+        info = await one(ingress_id)
+        if info is None or not settings.ws_url:
+            return Response("{}", status=404, content_type="application/json")
+        token = (lkapi.AccessToken(settings.api_key, settings.api_secret)
+                 .with_identity(f"console-{secrets.token_hex(4)}")
+                 .with_name("ingress console preview")
+                 .with_grants(lkapi.VideoGrants(room_join=True, room=info.room_name,
+                                                can_publish=False, can_subscribe=True,
+                                                can_publish_data=False, hidden=True))
+                 .with_ttl(PREVIEW_TOKEN_TTL).to_jwt())
+        body = json.dumps({"url": settings.ws_url, "token": token,
+                           "participant": info.participant_identity})
+        return Response(body, content_type="application/json",
+                        headers={"cache-control": "no-store"})
+
+    @bp.route("/new", methods=["GET", "POST"])
+    @signed_in
+    async def new(session: ConsoleSession) -> Response:
+        if request.method == "GET":
+            return await page("form.html", session, form=forms.IngressForm(),
+                              errors={}, editing=None, **_choices())
+        form = forms.IngressForm.from_fields(await request.form)
+        try:
+            created = _decoded(await ingresses.create(form.create_request()))
+        except (TwirpError, forms.FormError) as exc:
+            return await page("form.html", session, 400, form=form,
+                              errors=_errors(exc), editing=None, **_choices())
+        return redirect(f"/console/ingress/{created.ingress_id}")
+
+    @bp.route("/ingress/<ingress_id>/edit", methods=["GET", "POST"])
+    @signed_in
+    async def edit(session: ConsoleSession, ingress_id: str) -> Response:
+        info = await one(ingress_id)
+        if info is None:
+            return await page("missing.html", session, 404, ingress_id=ingress_id)
+        if request.method == "GET":
+            return await page("form.html", session, form=forms.IngressForm.from_info(info),
+                              errors={}, editing=info, **_choices())
+        form = forms.IngressForm.from_fields(await request.form)
+        form.input_type = pb.IngressInput.Name(info.input_type)  # not changeable
+        try:
+            await ingresses.update(form.update_request(ingress_id))
+        except (TwirpError, forms.FormError) as exc:
+            return await page("form.html", session, 400, form=form, errors=_errors(exc),
+                              editing=info, **_choices())
+        return redirect(f"/console/ingress/{ingress_id}")
+
+    @bp.route("/ingress/<ingress_id>/delete", methods=["POST"])
+    @signed_in
+    async def delete(session: ConsoleSession, ingress_id: str) -> Response:
+        try:
+            await ingresses.delete(pb.DeleteIngressRequest(ingress_id=ingress_id))
+        except TwirpError as exc:
+            if exc.code != "not_found":
+                raise
+        return redirect("/console/")
+
+    @bp.route("/vendor/livekit-client.js")
+    async def livekit_client() -> Any:
+        """livekit-client from npm (scripts/setup installs it), never a committed copy."""
+        if not LIVEKIT_CLIENT.is_file():
+            return Response("livekit-client is not installed: run scripts/setup\n",
+                            status=404, content_type="text/plain")
+        return await send_file(LIVEKIT_CLIENT, mimetype="text/javascript")
+
+    @bp.after_request
+    async def headers(response: Response) -> Response:
+        live = urlsplit(settings.ws_url) if settings.ws_url else None
+        connect = "'self'"
+        if live is not None and live.netloc:
+            http = "https" if live.scheme == "wss" else "http"
+            connect += f" {live.scheme}://{live.netloc} {http}://{live.netloc}"
+        response.headers["content-security-policy"] = (
+            f"default-src 'self'; connect-src {connect}; media-src 'self' blob:; "
+            "img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+        response.headers["x-content-type-options"] = "nosniff"
+        response.headers["referrer-policy"] = "no-referrer"
+        if request.path.startswith("/console/") and "static" not in request.path:
+            response.headers.setdefault("cache-control", "no-store")
+        return response
+
+    return bp
+
+
+def _decoded(message: Any) -> Any:
+    return message.decode() if isinstance(message, WireResponse) else message
+
+
+def _errors(exc: TwirpError | forms.FormError) -> dict[str, str]:
+    if isinstance(exc, forms.FormError):
+        return {exc.field: str(exc)}
+    return {forms.field_of_error(exc.msg): exc.msg}
+
+
+def _choices() -> dict[str, Any]:
+    return {"inputs": forms.INPUTS, "video_presets": forms.VIDEO_PRESETS,
+            "audio_presets": forms.AUDIO_PRESETS, "video_codecs": forms.VIDEO_CODECS,
+            "qualities": forms.QUALITIES}

@@ -1,0 +1,84 @@
+"""Who is signed in to the console, and the CSRF token of each sign-in.
+
+Sans-IO (a clock is injected, no cookies or requests here): the routes hand in the
+cookie value and get back a :class:`ConsoleSession` or None. A sign-in is checked
+against the node's API key pair, kept only on the server (the browser holds a random
+session id, never the secret), and lives ``IDLE_LIFETIME`` since its last use, at most
+``MAX_LIFETIME`` in all. Sessions are held in memory, at most ``MAX_SESSIONS``
+(the oldest goes first): a restart of the node signs everyone out.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+IDLE_LIFETIME = 30 * 60.0
+MAX_LIFETIME = 8 * 3600.0
+MAX_SESSIONS = 1000
+
+
+@dataclass
+class ConsoleSession:
+    session_id: str
+    csrf_token: str
+    signed_in_at: float
+    last_used: float
+
+
+class ConsoleSessions:
+    """The signed-in browsers of this node (see the module docstring)."""
+
+    def __init__(self, api_key: str, api_secret: str, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._key = api_key
+        self._secret = api_secret
+        self._clock = clock
+        self._live: OrderedDict[str, ConsoleSession] = OrderedDict()
+
+    def credentials_match(self, api_key: str, api_secret: str) -> bool:
+        """Both compared in constant time, so a wrong guess says nothing of the right one."""
+        key_ok = hmac.compare_digest(api_key.encode(), self._key.encode())
+        secret_ok = hmac.compare_digest(api_secret.encode(), self._secret.encode())
+        return key_ok and secret_ok
+
+    def sign_in(self, api_key: str, api_secret: str) -> ConsoleSession | None:
+        """A new session for the right key pair; None otherwise."""
+        if not self.credentials_match(api_key, api_secret):
+            return None
+        return self.open()
+
+    def open(self) -> ConsoleSession:
+        """A new session, unchecked (development mode opens one for every browser)."""
+        now = self._clock()
+        session = ConsoleSession(secrets.token_urlsafe(32), secrets.token_urlsafe(32),
+                                 now, now)
+        self._live[session.session_id] = session
+        while len(self._live) > MAX_SESSIONS:
+            self._live.popitem(last=False)
+        return session
+
+    def get(self, session_id: str) -> ConsoleSession | None:
+        """The live session of this cookie value, its idle time restarted; None when
+        unknown or expired (an expired one is forgotten)."""
+        session = self._live.get(session_id) if session_id else None
+        if session is None:
+            return None
+        now = self._clock()
+        if now - session.last_used > IDLE_LIFETIME or now - session.signed_in_at > MAX_LIFETIME:
+            del self._live[session_id]
+            return None
+        session.last_used = now
+        self._live.move_to_end(session_id)
+        return session
+
+    def sign_out(self, session_id: str) -> None:
+        self._live.pop(session_id, None)
+
+    @staticmethod
+    def csrf_ok(session: ConsoleSession, token: str) -> bool:
+        return bool(token) and hmac.compare_digest(token.encode(), session.csrf_token.encode())

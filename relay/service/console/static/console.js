@@ -1,0 +1,84 @@
+// The console's small amount of script: the list updates itself, copy buttons,
+// delete confirmation, and the form shows the fields of the chosen input and modes.
+"use strict";
+
+function showTimes(root) {
+  root.querySelectorAll("time[data-ms]").forEach(el => {
+    const when = new Date(Number(el.dataset.ms));
+    el.dateTime = when.toISOString();
+    el.textContent = when.toLocaleString();
+  });
+}
+
+function pollRows() {
+  const table = document.querySelector("table[data-rows]");
+  if (!table) return;
+  const body = document.getElementById("rows");
+  const stamp = document.getElementById("updated");
+  async function refresh() {
+    try {
+      const reply = await fetch(table.dataset.rows, {credentials: "same-origin"});
+      if (reply.redirected || reply.status === 403) { location.reload(); return; }
+      if (reply.ok) {
+        body.innerHTML = await reply.text();
+        showTimes(body);
+        stamp.textContent = "(last at " + new Date().toLocaleTimeString() + ")";
+      }
+    } catch (e) { stamp.textContent = "(node unreachable, retrying)"; }
+  }
+  setInterval(refresh, 2000);
+}
+
+function copyButtons() {
+  document.querySelectorAll("button[data-copy]").forEach(button => {
+    button.addEventListener("click", async () => {
+      try {
+        await navigator.clipboard.writeText(button.dataset.copy);
+        button.textContent = "Copied";
+      } catch (e) {
+        // no clipboard (plain HTTP on another host): select the text for Ctrl+C
+        const code = button.parentElement.querySelector("code");
+        const range = document.createRange();
+        range.selectNodeContents(code);
+        getSelection().removeAllRanges();
+        getSelection().addRange(range);
+        button.textContent = "Selected: press Ctrl+C";
+      }
+      setTimeout(() => { button.textContent = "Copy"; }, 2000);
+    });
+  });
+}
+
+function confirmDeletes() {
+  document.querySelectorAll("form[data-confirm]").forEach(form => {
+    form.addEventListener("submit", event => {
+      if (!confirm(form.dataset.confirm)) event.preventDefault();
+    });
+  });
+}
+
+function formModes() {
+  const form = document.querySelector(".ingress-form");
+  if (!form) return;
+  function show() {
+    const input = form.querySelector("#input_type").value;
+    form.querySelector(".for-url").hidden = input !== "URL_INPUT";
+    form.querySelector(".for-whip").hidden = input !== "WHIP_INPUT";
+    for (const kind of ["video", "audio"]) {
+      const mode = form.querySelector(`input[name=${kind}_mode]:checked`).value;
+      const box = document.getElementById(kind);
+      box.querySelector(".for-preset").hidden = mode !== "preset";
+      box.querySelector(".for-custom").hidden = mode !== "custom";
+    }
+  }
+  form.addEventListener("change", show);
+  show();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  showTimes(document);
+  pollRows();
+  copyButtons();
+  confirmDeletes();
+  formModes();
+});
