@@ -34,6 +34,7 @@ from tests.livekit import (
 from tests.media_http import MediaServer, serve_media
 from tests.redis_server import RedisServer
 from tests.service import ServiceProcess, run_asyncio
+from tests.test_console_e2e import sign_in
 
 pytestmark = pytest.mark.slow
 
@@ -386,3 +387,56 @@ def test_input_stats_active_list_update_and_reuse_through_the_server(
     finally:
         again.kill()
         again.wait(10)
+
+
+def test_the_console_of_a_worker_node_edits_the_servers_ingresses(
+        server: LiveKitServer, node: ServiceProcess, browser: Any) -> None:
+    """A worker node's console lists and edits through the LiveKit server's API: an
+    ingress made in its form is the server's, PUBLISHING comes from the server's
+    state, an edit and a delete land at the server."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    publisher = None
+    try:
+        page.goto(f"{node.url}/console/")
+        sign_in(page, node.url)
+        page.get_by_role("link", name="New ingress").first.click()
+        page.get_by_label("Name", exact=True).fill("from the console")
+        page.get_by_label("Room name").fill("cluster-console")
+        page.get_by_label("Participant identity").fill("encoder")
+        page.get_by_role("button", name="Create ingress").click()
+        page.wait_for_url("**/console/ingress/*")
+        ingress_id = page.url.rsplit("/", 1)[1]
+        info = at_server(server, lambda c: c.ingress.list_ingress(
+            lk.ListIngressRequest(ingress_id=ingress_id))).items[0]
+        assert (info.name, info.room_name) == ("from the console", "cluster-console")
+        assert page.locator('code[data-setting="OBS Stream Key"]').inner_text() == \
+            info.stream_key
+        publisher = publish_rtmp(info)
+        page.get_by_role("link", name="Ingresses").click()
+        page.locator(f'tr[data-ingress="{ingress_id}"] .status[data-status="publishing"]'
+                     ).wait_for()
+
+        page.goto(f"{node.url}/console/ingress/{ingress_id}/edit")
+        page.get_by_label("Name", exact=True).fill("renamed in the console")
+        page.get_by_role("button", name="Save").click()
+        page.wait_for_url(f"**/console/ingress/{ingress_id}")
+        assert at_server(server, lambda c: c.ingress.list_ingress(
+            lk.ListIngressRequest(ingress_id=ingress_id))).items[0].name == \
+            "renamed in the console"
+
+        page.on("dialog", lambda dialog: dialog.accept())
+        page.get_by_role("button", name="Delete ingress").click()
+        page.wait_for_url(f"{node.url}/console/")
+        with pytest.raises(api.TwirpError) as gone:  # the server: not_found, not []
+            at_server(server, lambda c: c.ingress.list_ingress(
+                lk.ListIngressRequest(ingress_id=ingress_id)))
+        assert gone.value.code == "not_found"
+        page.goto(f"{node.url}/console/ingress/{ingress_id}")
+        assert page.get_by_role("heading", level=1).inner_text() == "No such ingress"
+    finally:
+        if publisher is not None:
+            publisher.kill()
+            publisher.wait(10)
+        context.close()

@@ -12,7 +12,6 @@ Screenshots of the list and the preview go to build/screenshots/.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,21 +21,11 @@ from typing import Any
 import pytest
 from livekit.protocol import ingress as pb
 
+from tests.conftest import CHROMIUM
 from tests.livekit import API_KEY, API_SECRET, LiveKitServer, free_port
 from tests.service import ServiceProcess
 
-CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots"
-BROWSER_ARGS = [
-    "--no-sandbox", "--autoplay-policy=no-user-gesture-required",
-    # ICE: host candidates with their addresses (no mDNS names), loopback too
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns,MediaRouter,OptimizationHints,Translate",
-    # nothing but 127.0.0.1
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--no-first-run", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-    "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
-]
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
@@ -55,22 +44,20 @@ def console_service(livekit: LiveKitServer, tmp_path_factory: pytest.TempPathFac
     proc.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        yield chromium
-        chromium.close()
-
-
 def ingress_ids(service: ServiceProcess) -> list[str]:
     async def call(client: Any) -> list[str]:
         listed = await client.list_ingress(pb.ListIngressRequest())
         return [info.ingress_id for info in listed.items]
 
     return service.api(call)
+
+
+def sign_in(page: Any, base: str) -> None:
+    """From the sign-in page to the list, with the test key pair."""
+    page.get_by_label("API key").fill(API_KEY)
+    page.get_by_label("API secret").fill(API_SECRET)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{base}/console/")
 
 
 def unlabelled_fields(page: Any) -> list[str]:
@@ -104,10 +91,7 @@ def test_console_from_sign_in_to_delete(console_service: ServiceProcess, browser
         assert refused.value.status == 401
         assert "do not sign in" in page.locator("#sign-in-error").inner_text()
         assert not [c for c in context.cookies() if c["name"] == "ingress_console"]
-        page.get_by_label("API key").fill(API_KEY)
-        page.get_by_label("API secret").fill(API_SECRET)
-        page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url(f"{base}/console/")
+        sign_in(page, base)
         cookie = next(c for c in context.cookies() if c["name"] == "ingress_console")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
         assert API_SECRET not in str(context.storage_state())

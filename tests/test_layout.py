@@ -27,7 +27,7 @@ DISTRIBUTION_OF = {
     "livekit.api": "livekit-api", "livekit.protocol": "livekit-protocol",
     "google.protobuf": "protobuf", "msgpack": "msgpack", "yaml": "pyyaml",
     "prometheus_client": "prometheus-client", "numpy": "numpy", "jwt": "pyjwt",
-    "werkzeug": "werkzeug", "redis": "redis", "wsproto": "wsproto",
+    "werkzeug": "werkzeug", "redis": "redis", "wsproto": "wsproto", "h11": "h11",
 }
 
 

@@ -22,7 +22,7 @@ import trio
 from livekit.protocol import ingress as pb
 
 from api.auth import Authenticator
-from api.service import EndpointUrls, IngressService
+from api.service import EndpointUrls, IngressApi, IngressService
 from api.store import IngressStore, open_sqlite_store
 from api.twirp import TwirpServer
 from relay.wire import WorkerLimits
@@ -30,6 +30,7 @@ from relay.wire import WorkerLimits
 from .cluster.control import ClusterControlPlane, url_affinity
 from .cluster.journal import LiveJournal
 from .cluster.redis_bus import open_redis_bus
+from .cluster.server_api import ServerIngressApi
 from .config import Config
 from .console import ConsoleSettings, console_blueprint
 from .http.app import create_app, create_ops_app, record_call
@@ -135,17 +136,19 @@ async def serve(config: Config, *, stop: trio.Event | None = None,
         commands = NodeCommands(registry, pulls)
         await nursery.start(control.run, commands)
         twirp = None  # in cluster mode the API is the LiveKit server's
+        ingresses: IngressApi | None = None  # what the console lists and edits
         if store is not None:
             service = IngressService(store, EndpointUrls(config.rtmp_url, config.whip_url),
                                      commands, rtmp_passthrough=config.rtmp_passthrough)
             twirp = TwirpServer(service, Authenticator({config.api_key: config.api_secret}),
                                 record=record_call)
+            ingresses = service
+        elif config.ws_url:  # a cluster worker: the ingresses are the LiveKit server's
+            ingresses = ServerIngressApi(config.ws_url, config.api_key, config.api_secret)
         nursery.start_soon(status.sample_cpu)
         nursery.start_soon(watch_loop_lag)
-        console = None
-        if store is not None:  # a cluster worker's API (and console) is the server's
-            console = console_blueprint(service, ConsoleSettings(
-                config.api_key, config.api_secret, config.ws_url, dev=config.dev))
+        console = None if ingresses is None else console_blueprint(ingresses, ConsoleSettings(
+            config.api_key, config.api_secret, config.ws_url, dev=config.dev))
         app = create_app(status, twirp, whip, console)
         limits = HttpLimits(request_timeout=config.http_request_timeout,
                             max_connections=config.http_max_connections)

@@ -91,7 +91,13 @@ def console_blueprint(ingresses: IngressApi, settings: ConsoleSettings,
         return wrapped
 
     async def one(ingress_id: str) -> pb.IngressInfo | None:
-        listed = _decoded(await ingresses.list(pb.ListIngressRequest(ingress_id=ingress_id)))
+        try:
+            listed = _decoded(await ingresses.list(pb.ListIngressRequest(
+                ingress_id=ingress_id)))
+        except TwirpError as exc:  # a LiveKit server answers not_found, this node []
+            if exc.code == "not_found":
+                return None
+            raise
         return listed.items[0] if listed.items else None
 
     async def all_ingresses(room: str) -> list[pb.IngressInfo]:
@@ -238,6 +244,12 @@ def console_blueprint(ingresses: IngressApi, settings: ConsoleSettings,
             return Response("livekit-client is not installed: run scripts/setup\n",
                             status=404, content_type="text/plain")
         return await send_file(LIVEKIT_CLIENT, mimetype="text/javascript")
+
+    @bp.errorhandler(TwirpError)
+    async def api_failed(exc: TwirpError) -> Response:
+        """The API could not answer (a cluster worker's LiveKit server unreachable)."""
+        return await page("failed.html", current(), 503 if exc.status >= 500 else exc.status,
+                          error=exc)
 
     @bp.after_request
     async def headers(response: Response) -> Response:
