@@ -209,3 +209,95 @@ def test_console_without_a_session_refuses_posts(console_service: ServiceProcess
         assert ingress_ids(console_service) == []
     finally:
         context.close()
+
+
+CONTRAST = """() => {
+  // WCAG 2 contrast ratio of each element's text on the background it is drawn on
+  const rgb = c => c.match(/[\\d.]+/g).slice(0, 4).map(Number);
+  const lum = ([r, g, b]) => [r, g, b].map(v => v / 255)
+    .map(v => v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4)
+    .reduce((s, v, i) => s + v * [0.2126, 0.7152, 0.0722][i], 0);
+  const background = el => {
+    for (; el; el = el.parentElement) {
+      const c = rgb(getComputedStyle(el).backgroundColor);
+      if (c.length < 4 || c[3] > 0) return c;
+    }
+    return [255, 255, 255];
+  };
+  return [...document.querySelectorAll(
+      'a, button, label, th, td, caption, p, h1, h2, .status, code, legend, option')]
+    .filter(el => el.offsetParent !== null && el.textContent.trim())
+    .map(el => {
+      const [a, b] = [lum(rgb(getComputedStyle(el).color)), lum(background(el))];
+      return [(Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05), el.tagName + ' ' +
+              el.textContent.trim().slice(0, 30)];
+    })
+    .filter(([ratio]) => ratio < 4.5);
+}"""
+
+
+def test_every_input_type_through_the_form(console_service: ServiceProcess, browser: Any
+                                           ) -> None:
+    """WHIP with transcoding and custom VP8 layers, a URL pull: the form shows the
+    fields of the chosen input, the API stores what was asked; text is readable
+    (WCAG AA contrast) on every page."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(f"{console_service.url}/console/")
+        sign_in(page, console_service.url)
+        assert page.evaluate(CONTRAST) == []
+        page.goto(f"{console_service.url}/console/new")
+        assert not page.get_by_label("URL to pull (http, https, srt)").is_visible()
+        page.get_by_label("Input", exact=True).select_option("WHIP_INPUT")
+        page.get_by_label("Transcoding (WHIP)").select_option("on")
+        page.get_by_label("Name", exact=True).fill("whip layers")
+        page.get_by_label("Room name").fill("forms")
+        page.get_by_label("Participant identity").fill("whip-pub")
+        page.get_by_label("Custom layers").check()
+        page.get_by_label("Codec").select_option("VP8")
+        for i, (width, height, bitrate) in enumerate(
+                [(1280, 720, 1_800_000), (640, 360, 600_000), (320, 180, 150_000)]):
+            page.get_by_label(f"Layer {i + 1} width").fill(str(width))
+            page.get_by_label(f"Layer {i + 1} height").fill(str(height))
+            page.get_by_label(f"Layer {i + 1} bitrate").fill(str(bitrate))
+        page.get_by_role("radio", name="Custom", exact=True).check()
+        page.get_by_label("Channels").fill("1")
+        page.get_by_label("Opus bitrate (bit/s)").fill("64000")
+        assert page.evaluate(CONTRAST) == []
+        page.get_by_role("button", name="Create ingress").click()
+        page.wait_for_url("**/console/ingress/*")
+        assert page.evaluate(CONTRAST) == []
+        assert page.locator('code[data-setting^="Bearer token"]').inner_text()
+
+        async def stored(client: Any) -> list[pb.IngressInfo]:
+            return list((await client.list_ingress(pb.ListIngressRequest(
+                room_name="forms"))).items)
+
+        whip = console_service.api(stored)[0]
+        assert whip.input_type == pb.IngressInput.WHIP_INPUT and whip.enable_transcoding
+        assert [(layer.width, layer.height, layer.bitrate)
+                for layer in whip.video.options.layers] == [
+            (1280, 720, 1_800_000), (640, 360, 600_000), (320, 180, 150_000)]
+        assert (whip.audio.options.channels, whip.audio.options.bitrate) == (1, 64000)
+
+        page.goto(f"{console_service.url}/console/new")
+        page.get_by_label("Input", exact=True).select_option("URL_INPUT")
+        assert not page.get_by_label("Transcoding (WHIP)").is_visible()
+        page.get_by_label("URL to pull (http, https, srt)").fill("ftp://127.0.0.1/clip.mp4")
+        page.get_by_label("Room name").fill("forms")
+        page.get_by_label("Participant identity").fill("puller")
+        page.get_by_role("button", name="Create ingress").click()
+        assert page.locator("#url-error").inner_text() == (
+            "invalid ingress: invalid url scheme ftp")
+        assert page.get_by_label("URL to pull (http, https, srt)").is_visible()
+        page.get_by_label("URL to pull (http, https, srt)").fill(
+            f"http://127.0.0.1:{free_port()}/clip.mp4")  # nothing there: the pull fails
+        page.get_by_role("button", name="Create ingress").click()
+        page.wait_for_url("**/console/ingress/*")
+        assert page.locator('code[data-setting="Pulled URL"]').inner_text().endswith(
+            "/clip.mp4")
+        assert len(console_service.api(stored)) == 2
+    finally:
+        context.close()
