@@ -293,11 +293,15 @@ def test_every_input_type_through_the_form(console_service: ServiceProcess, brow
             "invalid ingress: invalid url scheme ftp")
         assert page.get_by_label("URL to pull (http, https, srt)").is_visible()
         page.get_by_label("URL to pull (http, https, srt)").fill(
-            f"http://127.0.0.1:{free_port()}/clip.mp4")  # nothing there: the pull fails
+            f"http://127.0.0.1:{free_port()}/clip.mp4")  # a local address: refused
         page.get_by_role("button", name="Create ingress").click()
         page.wait_for_url("**/console/ingress/*")
         assert page.locator('code[data-setting="Pulled URL"]').inner_text().endswith(
             "/clip.mp4")
+        page.evaluate("window.notReloaded = true")  # the pull is refused: the page says so
+        page.locator('#summary .status[data-status="error"]').wait_for()
+        assert "private or local address" in page.locator("#summary .error").inner_text()
+        assert page.evaluate("window.notReloaded") is True
         assert len(console_service.api(stored)) == 2
     finally:
         context.close()

@@ -204,3 +204,24 @@ async def test_dev_mode_opens_without_sign_in_and_says_so(tmp_path: Path) -> Non
         assert "Development mode" in await page.get_data(as_text=True)
         # the session the first page opened still wants its CSRF token on a POST
         assert (await client.post("/console/new", form={})).status_code == 403
+
+
+async def test_filter_by_room_and_a_secure_cookie_over_tls(tmp_path: Path) -> None:
+    async with console_app(tmp_path) as app:
+        client = app.test_client()
+        form_page = await client.get("/console/sign-in", scheme="https")
+        signed = await client.post("/console/sign-in", scheme="https", form={
+            "csrf": await csrf_of(form_page), "api_key": KEY, "api_secret": SECRET})
+        assert signed.status_code == 302 and "Secure" in signed.headers["set-cookie"]
+        token = await csrf_of(await client.get("/console/new", scheme="https"))
+        for room in ("stage", "backstage"):
+            created = await client.post("/console/new", scheme="https", form={
+                "csrf": token, "name": f"in {room}", "input_type": "RTMP_INPUT",
+                "room_name": room, "participant_identity": "p", "enabled": "on"})
+            assert created.status_code == 302
+        rows = await (await client.get("/console/rows?room=stage", scheme="https")
+                      ).get_data(as_text=True)
+        assert "in stage" in rows and "in backstage" not in rows
+        everything = await (await client.get("/console/", scheme="https")).get_data(
+            as_text=True)
+        assert "in stage" in everything and "in backstage" in everything

@@ -176,6 +176,15 @@ def console_blueprint(ingresses: IngressApi, settings: ConsoleSettings,
                           preview=bool(settings.ws_url), ws_url=settings.ws_url,
                           client_installed=LIVEKIT_CLIENT.is_file())
 
+    @bp.route("/ingress/<ingress_id>/summary")
+    @signed_in
+    async def summary(session: ConsoleSession, ingress_id: str) -> Response:
+        """The ingress page's status line alone (polled, like the list's rows)."""
+        info = await one(ingress_id)
+        if info is None:
+            return await page("missing.html", session, 404, ingress_id=ingress_id)
+        return await page("_summary.html", session, info=info, row=forms.row(info))
+
     @bp.route("/ingress/<ingress_id>/preview-token")
     @signed_in
     async def preview_token(session: ConsoleSession, ingress_id: str) -> Response:

@@ -1,5 +1,6 @@
-// The console's small amount of script: the list updates itself, copy buttons,
-// delete confirmation, and the form shows the fields of the chosen input and modes.
+// The console's small amount of script: the list and an ingress' status update
+// themselves, copy buttons, delete confirmation, and the form shows the fields of
+// the chosen input and modes.
 "use strict";
 
 function showTimes(root) {
@@ -10,23 +11,27 @@ function showTimes(root) {
   });
 }
 
-function pollRows() {
-  const table = document.querySelector("table[data-rows]");
-  if (!table) return;
-  const body = document.getElementById("rows");
+// an element with data-refresh="<url>" is re-rendered by the node every 2 s
+function refreshing() {
   const stamp = document.getElementById("updated");
-  async function refresh() {
-    try {
-      const reply = await fetch(table.dataset.rows, {credentials: "same-origin"});
-      if (reply.redirected || reply.status === 403) { location.reload(); return; }
-      if (reply.ok) {
-        body.innerHTML = await reply.text();
-        showTimes(body);
-        stamp.textContent = "(last at " + new Date().toLocaleTimeString() + ")";
-      }
-    } catch (e) { stamp.textContent = "(node unreachable, retrying)"; }
-  }
-  setInterval(refresh, 2000);
+  document.querySelectorAll("[data-refresh]").forEach(part => {
+    let shown = null;  // the last HTML put in: an unchanged answer is left alone
+    async function refresh() {
+      try {
+        const reply = await fetch(part.dataset.refresh, {credentials: "same-origin"});
+        if (reply.redirected || reply.status === 403) { location.reload(); return; }
+        if (!reply.ok) return;
+        const html = await reply.text();
+        if (html !== shown) {
+          shown = html;
+          part.innerHTML = html;
+          showTimes(part);
+        }
+        if (stamp) stamp.textContent = "(last at " + new Date().toLocaleTimeString() + ")";
+      } catch (e) { if (stamp) stamp.textContent = "(node unreachable, retrying)"; }
+    }
+    setInterval(refresh, 2000);
+  });
 }
 
 function copyButtons() {
@@ -77,7 +82,7 @@ function formModes() {
 
 document.addEventListener("DOMContentLoaded", () => {
   showTimes(document);
-  pollRows();
+  refreshing();
   copyButtons();
   confirmDeletes();
   formModes();
