@@ -149,41 +149,30 @@ def console_blueprint(ingresses: IngressApi, settings: ConsoleSettings,
     # -- the list --------------------------------------------------------------------
 
     @bp.route("/")
-    @signed_in
-    async def index(session: ConsoleSession) -> Response:
-        room = request.args.get("room", "")
-        rows = [forms.row(info) for info in await all_ingresses(room)]
-        return await page("list.html", session, rows=rows, room=room)
-
     @bp.route("/rows")
     @signed_in
-    async def rows(session: ConsoleSession) -> Response:
-        """The list's rows alone: the page polls this to update without a reload."""
+    async def index(session: ConsoleSession) -> Response:
+        """The list; /rows is its rows alone, which the page polls to stay current."""
         room = request.args.get("room", "")
         rows = [forms.row(info) for info in await all_ingresses(room)]
-        return await page("_rows.html", session, rows=rows)
+        template = "_rows.html" if request.path.endswith("/rows") else "list.html"
+        return await page(template, session, rows=rows, room=room)
 
     # -- one ingress -----------------------------------------------------------------
 
     @bp.route("/ingress/<ingress_id>")
+    @bp.route("/ingress/<ingress_id>/summary")
     @signed_in
     async def ingress(session: ConsoleSession, ingress_id: str) -> Response:
+        """An ingress; /summary is its status line alone (polled like the list's rows)."""
         info = await one(ingress_id)
         if info is None:
             return await page("missing.html", session, 404, ingress_id=ingress_id)
-        return await page("ingress.html", session, info=info, row=forms.row(info),
+        template = "_summary.html" if request.path.endswith("/summary") else "ingress.html"
+        return await page(template, session, info=info, row=forms.row(info),
                           settings=forms.publisher_settings(info),
                           preview=bool(settings.ws_url), ws_url=settings.ws_url,
                           client_installed=LIVEKIT_CLIENT.is_file())
-
-    @bp.route("/ingress/<ingress_id>/summary")
-    @signed_in
-    async def summary(session: ConsoleSession, ingress_id: str) -> Response:
-        """The ingress page's status line alone (polled, like the list's rows)."""
-        info = await one(ingress_id)
-        if info is None:
-            return await page("missing.html", session, 404, ingress_id=ingress_id)
-        return await page("_summary.html", session, info=info, row=forms.row(info))
 
     @bp.route("/ingress/<ingress_id>/preview-token")
     @signed_in
