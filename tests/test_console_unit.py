@@ -225,3 +225,17 @@ async def test_filter_by_room_and_a_secure_cookie_over_tls(tmp_path: Path) -> No
         everything = await (await client.get("/console/", scheme="https")).get_data(
             as_text=True)
         assert "in stage" in everything and "in backstage" in everything
+
+
+async def test_odd_tokens_and_credentials_are_refused_not_errors(tmp_path: Path) -> None:
+    """Text that is not ASCII in a token or a secret is a wrong one (403/401), not a
+    server error (hmac.compare_digest refuses non-ASCII str)."""
+    async with console_app(tmp_path) as app:
+        client = app.test_client()
+        await client.get("/console/sign-in")
+        assert (await client.post("/console/sign-in", form={
+            "csrf": "żółw", "api_key": KEY, "api_secret": SECRET})).status_code == 403
+        form_page = await client.get("/console/sign-in")
+        assert (await client.post("/console/sign-in", form={
+            "csrf": await csrf_of(form_page), "api_key": "ключ",
+            "api_secret": "秘密"})).status_code == 401

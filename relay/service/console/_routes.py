@@ -84,8 +84,6 @@ def console_blueprint(ingresses: IngressApi, settings: ConsoleSettings,
                                     "page and try again\n", status=403,
                                     content_type="text/plain")
             response = await view(session, **kwargs)
-            if not isinstance(response, Response):
-                response = Response(response) if isinstance(response, str) else response
             return with_cookie(response, session) if opened else response
         wrapped.__name__ = view.__name__
         return wrapped
@@ -122,7 +120,8 @@ def console_blueprint(ingresses: IngressApi, settings: ConsoleSettings,
         if request.method == "POST":
             form = await request.form
             expected = request.cookies.get(SIGN_IN_COOKIE, "")
-            if not expected or not secrets.compare_digest(form.get("csrf", ""), expected):
+            if not expected or not secrets.compare_digest(form.get("csrf", "").encode(),
+                                                          expected.encode()):
                 return Response("the sign-in form's CSRF token is missing or wrong: reload "
                                 "the page\n", status=403, content_type="text/plain")
             session = sessions.sign_in(form.get("api_key", ""), form.get("api_secret", ""))
