@@ -15,7 +15,9 @@ hypercorn's trio connection server in our fault box, with the listener's own
 settings), runs on trio's in-memory streams under a virtual clock (timeouts pass
 at once), serving the real app (relay/service/http/app.py):
 Twirp on an IngressService over an in-memory store, WHIP routes to a stub front
-that answers every request 204, the operations routes.
+that answers every request 204, the operations routes, and the console over the
+same IngressService, where the cookie ``ingress_console=fuzz`` is a signed-in
+session whose CSRF token is ``fuzz`` (so inputs reach its forms).
 
 Oracle (raises OracleFailure, i.e. a crash): the connection ends within the idle
 timeout plus the read timeouts of the bytes sent; no error is logged (an app crash
@@ -46,7 +48,8 @@ try:
     import atheris
 except ImportError:  # run.py's random engine needs no atheris
     atheris = None
-with (atheris.instrument_imports(include=["relay.service.http", "api", "hypercorn", "h11"])
+with (atheris.instrument_imports(include=["relay.service.http", "relay.service.console", "api",
+                                          "hypercorn", "h11"])
       if atheris and __name__ == "__main__" else nullcontext()):
     import h11
     import trio
@@ -59,6 +62,8 @@ with (atheris.instrument_imports(include=["relay.service.http", "api", "hypercor
     from api.service import EndpointUrls, IngressService
     from api.store import StoreConflict
     from api.twirp import TwirpServer
+    from relay.service.console import ConsoleSessions, ConsoleSettings, console_blueprint
+    from relay.service.console._sessions import ConsoleSession
     from relay.service.http.app import create_app
     from relay.service.http.server import CLOSE_GRACE, listener_config, serve_connection
     from relay.service.status import NodeStatus
@@ -170,10 +175,21 @@ class StubWhip:
         return Reply()
 
 
+class SignedInSessions(ConsoleSessions):
+    """The console's sessions, where session id "fuzz" is always signed in."""
+
+    FUZZ = ConsoleSession("fuzz", "fuzz", 0.0, 0.0)
+
+    def get(self, session_id: str) -> ConsoleSession | None:
+        return self.FUZZ if session_id == "fuzz" else super().get(session_id)
+
+
 SEEN: list[str] = []  # the methods of the requests the app was given, in order
-_APP = create_app(NodeStatus(), TwirpServer(
-    IngressService(MemoryStore(), EndpointUrls("rtmp://x/x", "http://x/w")),
-    Authenticator({"key": "secret" * 6})), StubWhip())
+_SERVICE = IngressService(MemoryStore(), EndpointUrls("rtmp://x/x", "http://x/w"))
+_APP = create_app(NodeStatus(), TwirpServer(_SERVICE, Authenticator({"key": "secret" * 6})),
+                  StubWhip(), console_blueprint(
+                      _SERVICE, ConsoleSettings("key", "secret" * 6, "ws://127.0.0.1:7880"),
+                      SignedInSessions("key", "secret" * 6)))
 
 
 async def recording_app(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -325,6 +325,42 @@ def twcc_seeds() -> dict[str, bytes]:
             "estimator-vectors": b"\x01" + len(one_bit).to_bytes(2, "big") + one_bit + two_bit}
 
 
+def http_seeds() -> dict[str, bytes]:
+    """Console requests of a signed-in browser (fuzz_http.py: cookie and CSRF "fuzz"),
+    in mode 0 (whole)."""
+    def request(method: str, target: str, form: str = "", cookie: str = "ingress_console=fuzz"
+                ) -> bytes:
+        body = form.encode()
+        head = f"{method} {target} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n"
+        if method == "POST":
+            head += ("Content-Type: application/x-www-form-urlencoded\r\n"
+                     f"Content-Length: {len(body)}\r\n")
+        return b"\0" + head.encode() + b"\r\n" + body
+
+    custom = ("csrf=fuzz&name=cam&input_type=WHIP_INPUT&room_name=r&participant_identity=p"
+              "&enabled=on&transcoding=on&video_mode=custom&video_codec=VP8&frame_rate=30"
+              "&layer0_quality=HIGH&layer0_width=1280&layer0_height=720&layer0_bitrate=2000000"
+              "&layer1_quality=LOW&layer1_width=640&layer1_height=360&layer1_bitrate=500000"
+              "&audio_mode=custom&audio_bitrate=64000&audio_channels=1&disable_dtx=on")
+    preset = ("csrf=fuzz&name=obs&input_type=RTMP_INPUT&room_name=r&participant_identity=p"
+              "&video_preset=H264_1080P_30FPS_3_LAYERS&audio_preset=OPUS_MONO_64KBS")
+    return {
+        "console-list": request("GET", "/console/?room=r")
+        + request("GET", "/console/rows?room=r")[1:],
+        "console-create-custom": request("POST", "/console/new", custom),
+        "console-create-then-edit": request("POST", "/console/new", preset)
+        + request("GET", "/console/ingress/IN_x/edit")[1:]
+        + request("POST", "/console/ingress/IN_x/edit", preset)[1:]
+        + request("POST", "/console/ingress/IN_x/delete", "csrf=fuzz")[1:],
+        "console-url": request("POST", "/console/new", "csrf=fuzz&input_type=URL_INPUT"
+                               "&url=srt%3A%2F%2Fh%3A1&room_name=r&participant_identity=p"),
+        "console-sign-in": request("POST", "/console/sign-in",
+                                   "csrf=t&api_key=key&api_secret=wrong",
+                                   "ingress_console_sign_in=t"),
+        "console-preview": request("GET", "/console/ingress/IN_x/preview-token"),
+    }
+
+
 def write(harness: str, seeds: dict[str, bytes]) -> None:
     folder = CORPUS / harness
     folder.mkdir(parents=True, exist_ok=True)
@@ -343,6 +379,7 @@ def main() -> None:
     write("psrpc", psrpc_seeds())
     write("lksignal", lksignal_seeds())
     write("twcc", twcc_seeds())
+    write("http", http_seeds())
 
 
 if __name__ == "__main__":

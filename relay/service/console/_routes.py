@@ -49,6 +49,10 @@ def console_blueprint(ingresses: IngressApi, settings: ConsoleSettings,
     """The /console/ pages over `ingresses` (this node's IngressService)."""
     bp = Blueprint("console", __name__, url_prefix="/console",
                    template_folder="templates", static_folder="static")
+    # Flask's scaffold gives every blueprint its sync default context processor, which
+    # quart-trio would run in a thread on every render; the app's own async one adds
+    # the same names (found by fuzz/fuzz_http.py: a thread under its virtual clock)
+    bp.template_context_processors[None] = []
     sessions = sessions or ConsoleSessions(settings.api_key, settings.api_secret)
 
     def current() -> ConsoleSession | None:
