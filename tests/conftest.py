@@ -64,9 +64,12 @@ BROWSER_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's Chromium, headless, driven by Playwright (no browser download)."""
+    """Debian's Chromium, headless, driven by Playwright (no browser download).
+
+    One per module, never longer: Playwright's sync API keeps an asyncio loop running
+    in the main thread while it is open, and later modules call asyncio.run()."""
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (scripts/setup --test installs Debian's)")
     from playwright.sync_api import sync_playwright
