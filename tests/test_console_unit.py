@@ -206,7 +206,7 @@ async def test_dev_mode_opens_without_sign_in_and_says_so(tmp_path: Path) -> Non
         assert (await client.post("/console/new", form={})).status_code == 403
 
 
-async def test_filter_by_room_and_a_secure_cookie_over_tls(tmp_path: Path) -> None:
+async def test_room_filter_304_when_unchanged_secure_cookie_over_tls(tmp_path: Path) -> None:
     async with console_app(tmp_path) as app:
         client = app.test_client()
         form_page = await client.get("/console/sign-in", scheme="https")
@@ -219,9 +219,12 @@ async def test_filter_by_room_and_a_secure_cookie_over_tls(tmp_path: Path) -> No
                 "csrf": token, "name": f"in {room}", "input_type": "RTMP_INPUT",
                 "room_name": room, "participant_identity": "p", "enabled": "on"})
             assert created.status_code == 302
-        rows = await (await client.get("/console/rows?room=stage", scheme="https")
-                      ).get_data(as_text=True)
+        reply = await client.get("/console/rows?room=stage", scheme="https")
+        rows = await reply.get_data(as_text=True)
         assert "in stage" in rows and "in backstage" not in rows
+        again = await client.get("/console/rows?room=stage", scheme="https",
+                                 headers={"if-none-match": reply.headers["etag"]})
+        assert again.status_code == 304 and not await again.get_data()  # unchanged
         everything = await (await client.get("/console/", scheme="https")).get_data(
             as_text=True)
         assert "in stage" in everything and "in backstage" in everything

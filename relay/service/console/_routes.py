@@ -9,6 +9,7 @@ console shows the API's own validation messages.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from collections.abc import Awaitable, Callable
@@ -62,6 +63,12 @@ def console_blueprint(ingresses: IngressApi, settings: ConsoleSettings,
                    **context: Any) -> Response:
         body = await render_template(template, session=session, dev=settings.dev,
                                      **context)
+        if template.startswith("_") and status == 200:  # a fragment a page polls
+            etag = '"' + hashlib.sha256(body.encode()).hexdigest()[:20] + '"'
+            if request.headers.get("if-none-match") == etag:
+                return Response("", status=304, headers={"etag": etag})
+            return Response(body, content_type="text/html; charset=utf-8",
+                            headers={"etag": etag})
         return Response(body, status=status, content_type="text/html; charset=utf-8")
 
     def with_cookie(response: Response, session: ConsoleSession) -> Response:
