@@ -374,5 +374,8 @@ def _joined(join: rtc.JoinResponse) -> Joined:
         server_version=join.server_version,
         ice_servers=tuple(IceServer(urls=tuple(s.urls), username=s.username,
                                     credential=s.credential) for s in join.ice_servers),
-        subscriber_primary=join.subscriber_primary, ping_interval=float(join.ping_interval),
-        ping_timeout=float(join.ping_timeout), fast_publish=join.fast_publish, response=join)
+        subscriber_primary=join.subscriber_primary,
+        # int32 on the wire: a negative one means none, like 0 (found by fuzz_lksignal)
+        ping_interval=float(max(0, join.ping_interval)),
+        ping_timeout=float(max(0, join.ping_timeout)), fast_publish=join.fast_publish,
+        response=join)

@@ -37,7 +37,8 @@ class IceServer:
 
 @dataclass(frozen=True)
 class Joined:
-    """The JoinResponse: we are in the room. Intervals in seconds. ``subscriber_primary``
+    """The JoinResponse: we are in the room. Intervals in seconds, 0 for none (a
+    negative one on the wire reads as 0). ``subscriber_primary``
     says which PeerConnection carries the session: true iff the token grants
     ``can_subscribe`` (livekit-server rtc/participant.go); then the server offers the
     subscriber PC at once, else our publisher PC's offer starts it."""
