@@ -225,3 +225,24 @@ async def test_simulcast_passthrough_holds_back_layers_over_the_estimate() -> No
     await output.send("vp8", vp8_delta, True, 66_000, "h")
     await output.send("vp8", vp8_delta, False, 66_000, "f")
     assert publisher.sent[1:] == [(1, True)] and output.held == {2}
+
+
+def test_rtp_timestamps_go_on_across_the_wrap() -> None:
+    """relay/worker/whip_peer.RtpClock: a publisher's 32-bit RTP time, which wraps
+    every 13.3 h at 90 kHz, goes on as a count; reordering across the wrap keeps its
+    order; the first value and one just before it stay positive."""
+    from relay.worker.whip_peer import RtpClock
+
+    clock = RtpClock()
+    top = (1 << 32) - 3000
+    sent = [top, top + 3000 - (1 << 32), top + 1500, 3000, 6000]  # 0, then a late one
+    got = [clock.unwrap(t) for t in sent]
+    assert [g - got[0] for g in got] == [0, 3000, 1500, 6000, 9000]
+    assert RtpClock().unwrap(0) > 0
+    early = RtpClock()
+    first = early.unwrap(10)
+    assert early.unwrap((1 << 32) - 10) == first - 20 > 0  # just before the first
+    long_run = RtpClock()
+    values = [long_run.unwrap((i * 3000) & 0xFFFFFFFF) for i in range(0, 5_000_000, 997)]
+    assert values == sorted(values) and values[-1] - values[0] == 3000 * 997 * (
+        len(values) - 1)  # ~46 h at 30 fps: three wraps, never a step back

@@ -65,7 +65,29 @@ class OpusPacket:
     """One Opus packet from the publisher, as sent (passthrough)."""
 
     data: bytes
-    timestamp: int  # RTP, 48 kHz
+    timestamp: int  # RTP 48 kHz ticks, unwrapped (RtpClock)
+
+
+class RtpClock:
+    """A stream's 32-bit RTP timestamps as a count that never wraps.
+
+    A publisher's timestamps start anywhere and wrap every 2^32 ticks: 13.3 hours at
+    90 kHz, 24.9 at 48 kHz, so a long stream wraps for sure. Downstream (encoders,
+    input statistics) wants time to go on, so each value is placed in the 2^32 cycle
+    nearest the one before it: a packet reordered across the wrap stays before it.
+    The count starts one cycle up, so a packet just before the first stays positive.
+    """
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+
+    def unwrap(self, timestamp: int) -> int:
+        if self._last is None:
+            self._last = timestamp + (1 << 32)
+            return self._last
+        step = (timestamp - self._last) & 0xFFFFFFFF
+        self._last += step - (1 << 32) if step >= 1 << 31 else step
+        return self._last
 
 
 def is_keyframe(codec: str, data: bytes) -> bool:
@@ -133,6 +155,8 @@ class WhipPeer:
         self._video_ssrc = 0
         self._tracks: list[Any] = []
         self._edge = aio_thread.current()
+        # one per RTP stream: the video, each simulcast layer (by rid), the audio
+        self._clocks: dict[str, RtpClock] = {}
 
     # -- signalling ----------------------------------------------------------------
 
@@ -198,13 +222,18 @@ class WhipPeer:
     def _on_encoded(self, codec: Any, frame: Any) -> None:
         name = codec.name.lower()
         picture = EncodedPicture(name, bytes(frame.data), is_keyframe(name, frame.data),
-                                 frame.timestamp * 1_000_000 // RTP_VIDEO_CLOCK)
+                                 self._time_us("video", frame.timestamp))
         self._edge.to_trio(self._deliver, "video", picture)
 
     def _on_layer(self, rid: str, codec: str, frame: Any) -> None:
         picture = EncodedPicture(codec, bytes(frame.data), is_keyframe(codec, frame.data),
-                                 frame.timestamp * 1_000_000 // RTP_VIDEO_CLOCK, rid)
+                                 self._time_us(f"video {rid}", frame.timestamp), rid)
         self._edge.to_trio(self._deliver, "video", picture)
+
+    def _time_us(self, stream: str, timestamp: int) -> int:
+        """A video frame's RTP timestamp (90 kHz) as microseconds that never wrap."""
+        clock = self._clocks.setdefault(stream, RtpClock())
+        return clock.unwrap(timestamp) * 1_000_000 // RTP_VIDEO_CLOCK
 
     def _forward_opus(self, receiver: RTCRtpReceiver, codecs: list[Any]) -> None:
         """Passthrough audio: each Opus packet goes on as it arrives, before aiortc's
@@ -213,11 +242,13 @@ class WhipPeer:
         statistics and receiver reports; its decoder gets nothing (a tap that drops)."""
         opus = {c.payloadType for c in codecs if c.name.lower() == "opus"}
         original = receiver._handle_rtp_packet
+        clock = self._clocks.setdefault("audio", RtpClock())
 
         async def handle(packet: Any, arrival_time_ms: int) -> None:
             if packet.payload_type in opus and packet.payload:
                 self._edge.to_trio(self._deliver, "audio",
-                                   OpusPacket(bytes(packet.payload), packet.timestamp))
+                                   OpusPacket(bytes(packet.payload),
+                                              clock.unwrap(packet.timestamp)))
             await original(packet, arrival_time_ms=arrival_time_ms)
 
         receiver._handle_rtp_packet = handle  # type: ignore[method-assign]
