@@ -18,7 +18,14 @@ from api.service import EndpointUrls, IngressService
 from api.store import open_sqlite_store
 from relay.service.console import ConsoleSessions, ConsoleSettings, console_blueprint
 from relay.service.console import _forms as forms
-from relay.service.console._sessions import IDLE_LIFETIME, MAX_LIFETIME, MAX_SESSIONS
+from relay.service.console._sessions import (
+    FAILURE_WINDOW,
+    IDLE_LIFETIME,
+    MAX_CLIENTS,
+    MAX_FAILURES,
+    MAX_LIFETIME,
+    MAX_SESSIONS,
+)
 
 KEY, SECRET = "APIconsole", "s" * 40
 
@@ -69,6 +76,33 @@ def test_sessions_are_bounded_oldest_first() -> None:
     for _ in range(MAX_SESSIONS):
         sessions.open()
     assert sessions.get(first.session_id) is None
+
+
+def test_wrong_sign_ins_from_one_address_wait_for_the_window() -> None:
+    clock = Clock()
+    sessions = ConsoleSessions(KEY, SECRET, clock=clock)
+    for _ in range(MAX_FAILURES):
+        assert sessions.retry_after("10.0.0.1") == 0
+        assert sessions.sign_in(KEY, "guess", "10.0.0.1") is None
+        clock.now += 1
+    assert sessions.retry_after("10.0.0.1") == pytest.approx(FAILURE_WINDOW - MAX_FAILURES)
+    assert sessions.retry_after("10.0.0.2") == 0  # another address is not held back
+    clock.now += FAILURE_WINDOW - MAX_FAILURES + 0.5  # the first failure leaves the window
+    assert sessions.retry_after("10.0.0.1") == 0
+    assert sessions.sign_in(KEY, SECRET, "10.0.0.1") is not None  # and a success forgets
+    assert sessions.sign_in(KEY, "guess", "10.0.0.1") is None
+    assert sessions.retry_after("10.0.0.1") == 0
+
+
+def test_failures_are_remembered_for_a_bounded_number_of_addresses() -> None:
+    sessions = ConsoleSessions(KEY, SECRET)
+    for _ in range(MAX_FAILURES):
+        sessions.sign_in(KEY, "guess", "first")
+    assert sessions.retry_after("first") > 0
+    for i in range(MAX_CLIENTS):
+        sessions.sign_in(KEY, "guess", f"other {i}")
+    assert sessions.retry_after("first") == 0  # forgotten, oldest first
+    assert len(sessions._failures) == MAX_CLIENTS
 
 
 def test_a_custom_form_becomes_the_api_request_and_back() -> None:
@@ -242,3 +276,19 @@ async def test_odd_tokens_and_credentials_are_refused_not_errors(tmp_path: Path)
         assert (await client.post("/console/sign-in", form={
             "csrf": await csrf_of(form_page), "api_key": "ключ",
             "api_secret": "秘密"})).status_code == 401
+
+
+async def test_the_sign_in_form_answers_429_after_too_many_wrong_secrets(
+        tmp_path: Path) -> None:
+    async with console_app(tmp_path) as app:
+        client = app.test_client()
+        for _ in range(MAX_FAILURES):
+            form_page = await client.get("/console/sign-in")
+            refused = await client.post("/console/sign-in", form={
+                "csrf": await csrf_of(form_page), "api_key": KEY, "api_secret": "guess"})
+            assert refused.status_code == 401
+        form_page = await client.get("/console/sign-in")
+        held = await client.post("/console/sign-in", form={
+            "csrf": await csrf_of(form_page), "api_key": KEY, "api_secret": SECRET})
+        assert held.status_code == 429
+        assert 0 < int(held.headers["retry-after"]) <= FAILURE_WINDOW + 1

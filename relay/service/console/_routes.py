@@ -135,7 +135,14 @@ def console_blueprint(ingresses: IngressApi, settings: ConsoleSettings,
                                                           expected.encode()):
                 return Response("the sign-in form's CSRF token is missing or wrong: reload "
                                 "the page\n", status=403, content_type="text/plain")
-            session = sessions.sign_in(form.get("api_key", ""), form.get("api_secret", ""))
+            client = request.remote_addr or ""
+            wait = sessions.retry_after(client)
+            if wait > 0:
+                return Response(f"too many wrong sign-ins from {client}: try again in "
+                                f"{wait:.0f} s\n", status=429, content_type="text/plain",
+                                headers={"retry-after": str(int(wait) + 1)})
+            session = sessions.sign_in(form.get("api_key", ""), form.get("api_secret", ""),
+                                       client)
             if session is not None:
                 response = with_cookie(redirect("/console/"), session)
                 response.delete_cookie(SIGN_IN_COOKIE, path="/console")
