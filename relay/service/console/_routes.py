@@ -27,7 +27,7 @@ from api.errors import TwirpError
 from api.service import IngressApi, WireResponse
 
 from . import _forms as forms
-from ._sessions import ConsoleSession, ConsoleSessions
+from ._sessions import ConsoleSession, ConsoleSessions, same_token
 
 COOKIE = "ingress_console"
 SIGN_IN_COOKIE = "ingress_console_sign_in"  # the sign-in form's own CSRF token
@@ -71,9 +71,12 @@ def console_blueprint(ingresses: IngressApi, settings: ConsoleSettings,
                             headers={"etag": etag})
         return Response(body, status=status, content_type="text/html; charset=utf-8")
 
-    def with_cookie(response: Response, session: ConsoleSession) -> Response:
-        response.set_cookie(COOKIE, session.session_id, httponly=True, samesite="Strict",
-                            secure=request.scheme == "https", path="/console")
+    def with_cookie(response: Response, name: str, value: str,
+                    max_age: int | None = None) -> Response:
+        """Every console cookie: HttpOnly, SameSite=Strict, /console, Secure over TLS."""
+        response.set_cookie(name, value, httponly=True, samesite="Strict",
+                            secure=request.scheme == "https", path="/console",
+                            max_age=max_age)
         return response
 
     def signed_in(view: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Any]]:
@@ -95,7 +98,7 @@ def console_blueprint(ingresses: IngressApi, settings: ConsoleSettings,
                                     "page and try again\n", status=403,
                                     content_type="text/plain")
             response = await view(session, **kwargs)
-            return with_cookie(response, session) if opened else response
+            return with_cookie(response, COOKIE, session.session_id) if opened else response
         wrapped.__name__ = view.__name__
         return wrapped
 
@@ -131,8 +134,7 @@ def console_blueprint(ingresses: IngressApi, settings: ConsoleSettings,
         if request.method == "POST":
             form = await request.form
             expected = request.cookies.get(SIGN_IN_COOKIE, "")
-            if not expected or not secrets.compare_digest(form.get("csrf", "").encode(),
-                                                          expected.encode()):
+            if not expected or not same_token(form.get("csrf", ""), expected):
                 return Response("the sign-in form's CSRF token is missing or wrong: reload "
                                 "the page\n", status=403, content_type="text/plain")
             client = request.remote_addr or ""
@@ -144,15 +146,13 @@ def console_blueprint(ingresses: IngressApi, settings: ConsoleSettings,
             session = sessions.sign_in(form.get("api_key", ""), form.get("api_secret", ""),
                                        client)
             if session is not None:
-                response = with_cookie(redirect("/console/"), session)
+                response = with_cookie(redirect("/console/"), COOKIE, session.session_id)
                 response.delete_cookie(SIGN_IN_COOKIE, path="/console")
                 return response
             error, status = "That API key and secret do not sign in to this node.", 401
         token = secrets.token_urlsafe(24)
         response = await page("sign_in.html", None, status, csrf=token, error=error)
-        response.set_cookie(SIGN_IN_COOKIE, token, httponly=True, samesite="Strict",
-                            secure=request.scheme == "https", path="/console",
-                            max_age=3600)
+        with_cookie(response, SIGN_IN_COOKIE, token, max_age=3600)
         return response
 
     @bp.route("/sign-out", methods=["POST"])

@@ -51,8 +51,8 @@ class ConsoleSessions:
 
     def credentials_match(self, api_key: str, api_secret: str) -> bool:
         """Both compared in constant time, so a wrong guess says nothing of the right one."""
-        key_ok = hmac.compare_digest(api_key.encode(), self._key.encode())
-        secret_ok = hmac.compare_digest(api_secret.encode(), self._secret.encode())
+        key_ok = same_token(api_key, self._key)
+        secret_ok = same_token(api_secret, self._secret)
         return key_ok and secret_ok
 
     def sign_in(self, api_key: str, api_secret: str, client: str = ""
@@ -117,4 +117,10 @@ class ConsoleSessions:
 
     @staticmethod
     def csrf_ok(session: ConsoleSession, token: str) -> bool:
-        return bool(token) and hmac.compare_digest(token.encode(), session.csrf_token.encode())
+        return same_token(token, session.csrf_token)
+
+
+def same_token(given: str, expected: str) -> bool:
+    """A non-empty `given` equal to `expected`, compared in constant time as bytes
+    (hmac.compare_digest raises on str that is not ASCII)."""
+    return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
