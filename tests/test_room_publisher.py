@@ -228,14 +228,20 @@ async def test_a_bad_server_candidate_costs_that_candidate_only() -> None:
         await aio_thread.call(check)
 
 
-class _RecordingTransport:
-    """What RtpStream uses of aiortc's DTLS transport, recording what is sent."""
+class _RecordingSender:
+    """What RtpStream uses of its PacketSender, recording what is sent (unprotected)."""
 
     def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.Lock()
         self.sent: list[bytes] = []
 
-    async def _send_rtp(self, data: bytes) -> None:
+    def send_rtp(self, data: bytes) -> None:
+        assert self.lock.locked()
         self.sent.append(data)
+
+    send_rtcp = send_rtp
 
 
 class _Sequences:
@@ -266,11 +272,12 @@ def test_rtp_packets_read_back_with_aiortc() -> None:
     from relay.worker.room._rtp import RtpStream
 
     ids = {MID_URI: 1, ABS_SEND_TIME_URI: 3, RID_URI: 10, TWCC_URI: 5}
-    transport, sequences = _RecordingTransport(), _Sequences()
-    stream = RtpStream(transport, ssrc=0xDEADBEEF, payload_type=102, clock_rate=90_000,
-                       mid="0", rid="f", extension_ids=ids, cname="c", congestion=sequences)
-    asyncio.run(stream.send_frame([b"a" * 1000, b"b" * 10], 3000))
-    asyncio.run(stream.send_frame([b"c"], 6000, marker_last=False))
+    transport, sequences = _RecordingSender(), _Sequences()
+    stream = RtpStream(None, transport, ssrc=0xDEADBEEF, payload_type=102,
+                       clock_rate=90_000, mid="0", rid="f", extension_ids=ids, cname="c",
+                       congestion=sequences)
+    stream.send_frame([b"a" * 1000, b"b" * 10], 3000)
+    stream.send_frame([b"c"], 6000, marker_last=False)
 
     extensions = HeaderExtensionsMap()
     extensions.configure(RTCRtpParameters(headerExtensions=[
@@ -295,9 +302,10 @@ def test_rtp_packets_read_back_with_aiortc() -> None:
     asyncio.run(stream._handle_rtcp_packet(nack))
     assert transport.sent[3:] == [transport.sent[1]] and stream.retransmitted == 1
 
-    audio = RtpStream(_RecordingTransport(), ssrc=7, payload_type=111, clock_rate=48_000,
+    audio_sender = _RecordingSender()
+    audio = RtpStream(None, audio_sender, ssrc=7, payload_type=111, clock_rate=48_000,
                       mid="1", extension_ids={MID_URI: 1}, cname="c")
-    asyncio.run(audio.send_frame([b"opus"], 960, marker_last=False))
-    packet = RtpPacket.parse(audio.transport.sent[0], extensions)
+    audio.send_frame([b"opus"], 960, marker_last=False)
+    packet = RtpPacket.parse(audio_sender.sent[0], extensions)
     assert (packet.extensions.mid, packet.extensions.rtp_stream_id) == ("1", None)
     assert packet.payload == b"opus" and packet.extensions.transport_sequence_number is None

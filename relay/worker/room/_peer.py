@@ -1,9 +1,10 @@
-"""The publisher PeerConnection to the SFU (asyncio thread only).
+"""The publisher PeerConnection to the SFU (asyncio thread, but for `send`).
 
 aiortc does ICE, DTLS and SRTP and writes the SDP; each track gets a send-only
 transceiver with an idle track (aiortc's own sender never sends: it is stopped
 once negotiated), and our RtpStreams (``_rtp.py``) send on the bundle's
-transport instead. The offer LiveKit sees is aiortc's, rewritten by
+transport instead, through its PacketSender (``_sender.py``) from whichever
+thread has the frame. The offer LiveKit sees is aiortc's, rewritten by
 ``_offer.py`` to describe our streams (one SSRC, or rid simulcast).
 """
 
@@ -43,6 +44,7 @@ from ._offer import (
     rids_for,
 )
 from ._rtp import RtpStream
+from ._sender import PacketSender
 from ._twcc import (
     FMT_TWCC,
     HEADROOM,
@@ -55,7 +57,6 @@ log = logging.getLogger(__name__)
 
 _CODECS = {"h264": ("video/H264", 90_000), "vp8": ("video/VP8", 90_000),
            "opus": ("audio/opus", 48_000)}
-SEND_QUEUE = 400  # frames (all streams) waiting for the asyncio loop: ~2 s of 3 layers
 
 
 class _IdleTrack(MediaStreamTrack):
@@ -71,7 +72,8 @@ class _IdleTrack(MediaStreamTrack):
 
 class Congestion:
     """The PeerConnection's transport-wide CC: one sequence shared by every stream, the
-    send records, the estimate (``_twcc.py``), fed by the transport's RTCP."""
+    send records, the estimate (``_twcc.py``), fed by the transport's RTCP. Used
+    under the transport's send lock (``PacketSender.lock``)."""
 
     def __init__(self, ceiling: int) -> None:
         self.estimator = SendSideEstimator(ceiling)
@@ -139,11 +141,8 @@ class PublisherPeer:
         self._cname = str(uuid.uuid4())
         self._remote_candidates: list[str] = []
         self._answered = False
-        self._queue: asyncio.Queue[tuple[RtpStream, tuple[bytes, ...], int, bool]] = (
-            asyncio.Queue(SEND_QUEUE))
-        self.dropped = 0
+        self._senders: dict[int, PacketSender] = {}  # by id of the DTLS transport
         self.congestion: Congestion | None = None
-        self._sender = asyncio.ensure_future(self._send_loop())
 
         @self.pc.on("connectionstatechange")
         def changed() -> None:
@@ -193,11 +192,12 @@ class PublisherPeer:
                 ids[RID_URI] = RID_EXTENSION_ID
             if track.codec == "opus":
                 ids = {MID_URI: 1}
+            sender = self._sender_of(transport)
             if answered_extension_ids(sdp, track.mid).get(TWCC_URI) == TWCC_EXTENSION_ID:
                 ids[TWCC_URI] = TWCC_EXTENSION_ID
-                self._start_congestion(transport)
+                self._start_congestion(transport, sender)
             for index, ssrc in enumerate(track.ssrcs):
-                stream = RtpStream(transport, ssrc=ssrc, payload_type=payload_type,
+                stream = RtpStream(transport, sender, ssrc=ssrc, payload_type=payload_type,
                                    clock_rate=clock, mid=track.mid,
                                    rid=track.rids[index] if track.rids else "",
                                    extension_ids=ids, cname=self._cname,
@@ -213,7 +213,14 @@ class PublisherPeer:
             await self.add_candidate(candidate)
         self._remote_candidates.clear()
 
-    def _start_congestion(self, transport: Any) -> None:
+    def _sender_of(self, transport: Any) -> PacketSender:
+        sender = self._senders.get(id(transport))
+        if sender is None:
+            sender = self._senders[id(transport)] = PacketSender(
+                transport, asyncio.get_running_loop())
+        return sender
+
+    def _start_congestion(self, transport: Any, sender: PacketSender) -> None:
         """Transport-wide CC once the answer took it: feedback is read off the DTLS
         transport's RTCP before aiortc parses it."""
         if self.congestion is not None:
@@ -223,7 +230,8 @@ class PublisherPeer:
 
         async def handle_rtcp_data(data: bytes) -> None:
             for fci in _twcc_feedback(data):
-                congestion.feedback(fci)
+                with sender.lock:  # the send records are written under it
+                    congestion.feedback(fci)
             await original(data)
 
         transport._handle_rtcp_data = handle_rtcp_data
@@ -259,21 +267,18 @@ class PublisherPeer:
         except (ValueError, IndexError, TypeError, AssertionError) as exc:
             log.info("server candidate %r not added: %s", text[:120], exc)
 
-    def queue(self, cid: str, layer: int, payloads: tuple[bytes, ...], timestamp: int,
-              marker: bool = True) -> None:
-        """One frame for a track's layer (called through call_soon from trio)."""
-        track = self.tracks.get(cid)
-        if track is None or layer >= len(track.streams):
-            return
-        try:
-            self._queue.put_nowait((track.streams[layer], payloads, timestamp, marker))
-        except asyncio.QueueFull:
-            self.dropped += 1
+    def send(self, cid: str, layer: int, payloads: tuple[bytes, ...], timestamp: int,
+             marker: bool = True) -> None:
+        """One frame for a track's layer, sent now; from any thread (before the
+        answer, or for a layer the answer has no stream for, it is dropped)."""
+        stream = self.stream(cid, layer)
+        if stream is not None:
+            stream.send_frame(payloads, timestamp, marker)
 
-    async def _send_loop(self) -> None:
-        while True:
-            stream, payloads, timestamp, marker = await self._queue.get()
-            await stream.send_frame(payloads, timestamp, marker)
+    @property
+    def dropped(self) -> int:
+        """Packets the sockets refused (a full send buffer, the network unreachable)."""
+        return sum(sender.dropped for sender in self._senders.values())
 
     def stream(self, cid: str, layer: int) -> RtpStream | None:
         track = self.tracks.get(cid)
@@ -282,9 +287,9 @@ class PublisherPeer:
         return track.streams[layer]
 
     async def close(self) -> None:
-        self._sender.cancel()
-        await asyncio.gather(self._sender, return_exceptions=True)
         for track in self.tracks.values():
             for stream in track.streams:
                 await stream.stop()
+        for sender in self._senders.values():
+            sender.close()
         await self.pc.close()

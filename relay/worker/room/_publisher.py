@@ -1,9 +1,10 @@
 """The ingress participant in its room, seen from trio.
 
 Signalling (relay/lksignal over ``_socket.py``) runs here, in trio; the
-PeerConnection and the RTP streams (``_peer.py``) run on the worker's asyncio
-thread and are reached only through ``aio_thread``. Frames cross as packetized
-payloads, one ``call_soon`` per frame and layer.
+PeerConnection and the RTP streams' feedback (``_peer.py``) run on the worker's
+asyncio thread and are reached through ``aio_thread``. Frames do not cross: the
+thread that has a frame's packetized payloads (a layer encoder's, trio's)
+protects and sends them itself (``_sender.py``).
 
 Lifetime: ``await nursery.start(publisher.run, ws_url, token)`` returns once
 joined; the room is left (leave request, PeerConnection closed) when that task
@@ -262,10 +263,10 @@ class RoomPublisher:
 
     def send(self, track: PublishedTrack, layer: int, payloads: tuple[bytes, ...],
              timestamp: int, marker: bool = True) -> None:
-        """One frame's RTP payloads for a layer of a published track."""
-        if self._peer is not None and self._edge is not None:
-            self._edge.call_soon(self._peer.queue, track.cid, layer, payloads, timestamp,
-                                 marker)
+        """One frame's RTP payloads for a layer of a published track, sent now; from
+        any thread."""
+        if self._peer is not None:
+            self._peer.send(track.cid, layer, payloads, timestamp, marker)
 
     def take_keyframe_request(self, track: PublishedTrack, layer: int) -> bool:
         """Whether the room asked for a keyframe on this layer since the last call."""
@@ -286,7 +287,7 @@ class RoomPublisher:
 
     @property
     def dropped(self) -> int:
-        """Frames the asyncio side could not queue (it fell behind)."""
+        """Packets the sockets refused (a full send buffer, the network unreachable)."""
         return self._peer.dropped if self._peer is not None else 0
 
 

@@ -1,4 +1,4 @@
-"""Our outgoing RTP streams, on aiortc's DTLS transport (asyncio thread only).
+"""Our outgoing RTP streams, on aiortc's DTLS transport.
 
 aiortc's RTCRtpSender sends one stream per track and encodes itself; a simulcast
 layer needs its own SSRC and an rtp-stream-id header extension, and a
@@ -10,10 +10,11 @@ feedback the SFU sends back for its SSRC:
 * NACK: the packet is sent again from a short history (no RTX: the offer has none);
 * receiver reports: the last ``fraction_lost``, for the congestion controller.
 
-aiortc's DTLS transport routes RTCP by SSRC to whatever is registered in its
-router and sends protected RTP with ``_send_rtp``; those two private names are
-all this module uses of aiortc's internals (aiortc 1.16, pinned in
-pyproject.toml, covered by the publisher's real-server tests).
+Frames are sent by the thread that has them (``send_frame``, from any thread,
+through the transport's :class:`PacketSender`, ``_sender.py``); the feedback and
+the sender reports run on the asyncio loop. aiortc's DTLS transport routes RTCP
+by SSRC to whatever is registered in its ``_rtp_router``: that is the one other
+private name of aiortc's used here.
 
 Packets are written here (`rtp_header`), not with aiortc's RtpPacket: a
 publisher sends ~300 a second per session, and RtpPacket's generic header
@@ -24,7 +25,6 @@ extension map and datetime-based NTP clock cost ~60 us a packet in Python
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import struct
@@ -87,10 +87,11 @@ def rtp_header(payload_type: int, marker: bool, sequence: int, timestamp: int, s
 class RtpStream:
     """One outgoing stream: a simulcast layer, a single-layer video track, or audio."""
 
-    def __init__(self, transport: Any, *, ssrc: int, payload_type: int, clock_rate: int,
-                 mid: str, rid: str = "", extension_ids: dict[str, int], cname: str,
-                 congestion: Any = None) -> None:
-        self.transport = transport
+    def __init__(self, transport: Any, sender: Any, *, ssrc: int, payload_type: int,
+                 clock_rate: int, mid: str, rid: str = "", extension_ids: dict[str, int],
+                 cname: str, congestion: Any = None) -> None:
+        self.transport = transport  # aiortc's DTLS transport: its RTCP router
+        self.sender = sender  # PacketSender (_sender.py): protects and sends
         self.ssrc = ssrc
         self.payload_type = payload_type
         self.clock_rate = clock_rate
@@ -119,10 +120,10 @@ class RtpStream:
         # the answer took it
         self.congestion = congestion
 
-    # -- sending (called on the asyncio loop, in order) ---------------------------------
+    # -- sending (from any thread: the sender's lock orders them) -----------------------
 
-    async def send_frame(self, payloads: Sequence[bytes], timestamp: int,
-                         marker_last: bool = True) -> None:
+    def send_frame(self, payloads: Sequence[bytes], timestamp: int,
+                   marker_last: bool = True) -> None:
         """One frame's payloads; ``timestamp`` in the stream's clock, from any origin."""
         rtp_timestamp = (self._timestamp_origin + timestamp) & 0xFFFFFFFF
         now = ntp_now()  # a frame's packets leave together: one send time for all
@@ -132,28 +133,27 @@ class RtpStream:
                                          ((now >> 14) & 0xFFFFFF).to_bytes(3, "big"))
         congestion = self.congestion if self._twcc_id else None
         last = len(payloads) - 1
-        for index, payload in enumerate(payloads):
-            sequence = self._sequence
-            transport_element = b""
-            if congestion is not None:
-                transport_sequence = congestion.next_sequence()
-                transport_element = one_byte_element(self._twcc_id,
-                                                     transport_sequence.to_bytes(2, "big"))
-            data = rtp_header(self.payload_type, marker_last and index == last, sequence,
-                              rtp_timestamp, self.ssrc, elements + transport_element
-                              ) + payload
-            if congestion is not None:
-                congestion.sent(transport_sequence, len(data))
-            self._history[sequence % HISTORY] = data
-            self._sequence = (sequence + 1) & 0xFFFF
-            try:
-                await self.transport._send_rtp(data)
-            except ConnectionError:
-                return
-            self.packets += 1
-            self.octets += len(payload)
-        self._last_ntp = now
-        self._last_rtp = rtp_timestamp
+        sender = self.sender
+        with sender.lock:
+            for index, payload in enumerate(payloads):
+                sequence = self._sequence
+                transport_element = b""
+                if congestion is not None:
+                    transport_sequence = congestion.next_sequence()
+                    transport_element = one_byte_element(
+                        self._twcc_id, transport_sequence.to_bytes(2, "big"))
+                data = rtp_header(self.payload_type, marker_last and index == last,
+                                  sequence, rtp_timestamp, self.ssrc,
+                                  elements + transport_element) + payload
+                if congestion is not None:
+                    congestion.sent(transport_sequence, len(data))
+                self._history[sequence % HISTORY] = data
+                self._sequence = (sequence + 1) & 0xFFFF
+                sender.send_rtp(data)
+                self.packets += 1
+                self.octets += len(payload)
+            self._last_ntp = now
+            self._last_rtp = rtp_timestamp
 
     # -- feedback (aiortc's router calls this for RTCP naming our SSRC) -----------------
 
@@ -166,14 +166,12 @@ class RtpStream:
                                                                    RTCP_PSFB_FIR):
             self.keyframe_wanted = True
         elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
-            for sequence in packet.lost:
-                data = self._history.get(sequence % HISTORY)
-                if data is not None and int.from_bytes(data[2:4], "big") == sequence:
-                    self.retransmitted += 1
-                    try:
-                        await self.transport._send_rtp(data)
-                    except ConnectionError:
-                        return
+            with self.sender.lock:
+                for sequence in packet.lost:
+                    data = self._history.get(sequence % HISTORY)
+                    if data is not None and int.from_bytes(data[2:4], "big") == sequence:
+                        self.retransmitted += 1
+                        self.sender.send_rtp(data)
 
     def take_keyframe_request(self) -> bool:
         wanted, self.keyframe_wanted = self.keyframe_wanted, False
@@ -190,22 +188,25 @@ class RtpStream:
         if self._rtcp_task is not None:
             self._rtcp_task.cancel()
             await asyncio.gather(self._rtcp_task, return_exceptions=True)
-        await self._send_rtcp([RtcpByePacket(sources=[self.ssrc])])
+        self._send_rtcp([RtcpByePacket(sources=[self.ssrc])])
 
     async def _run_rtcp(self) -> None:
         while True:
             await asyncio.sleep(SR_INTERVAL * (0.5 + random.random()))
             if not self.packets:
                 continue
-            await self._send_rtcp([
-                RtcpSrPacket(ssrc=self.ssrc, sender_info=RtcpSenderInfo(
-                    ntp_timestamp=self._last_ntp, rtp_timestamp=self._last_rtp,
-                    packet_count=self.packets & 0xFFFFFFFF,
-                    octet_count=self.octets & 0xFFFFFFFF)),
+            with self.sender.lock:  # the last frame's times and counts, together
+                info = RtcpSenderInfo(ntp_timestamp=self._last_ntp,
+                                      rtp_timestamp=self._last_rtp,
+                                      packet_count=self.packets & 0xFFFFFFFF,
+                                      octet_count=self.octets & 0xFFFFFFFF)
+            self._send_rtcp([
+                RtcpSrPacket(ssrc=self.ssrc, sender_info=info),
                 RtcpSdesPacket(chunks=[RtcpSourceInfo(
                     ssrc=self.ssrc, items=[(1, self.cname.encode())])]),
             ])
 
-    async def _send_rtcp(self, packets: list[Any]) -> None:
-        with contextlib.suppress(ConnectionError):
-            await self.transport._send_rtp(b"".join(bytes(p) for p in packets))
+    def _send_rtcp(self, packets: list[Any]) -> None:
+        compound = b"".join(bytes(p) for p in packets)
+        with self.sender.lock:
+            self.sender.send_rtcp(compound)
