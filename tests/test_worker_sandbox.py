@@ -127,8 +127,11 @@ def test_the_limits_bite_and_cannot_be_raised_again() -> None:
         "    print('raised')\n"
         "except (ValueError, OSError):\n"
         "    print('kept')\n"
+        "print('THP_disabled=' + open('/proc/self/status').read()"
+        ".split('THP_enabled:')[1].split()[0])\n"
     )
     env = {"PATH": os.environ["PATH"], "INGRESS_WORKER_MEMORY_MB": "512"}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
                          text=True, timeout=30, cwd=Path(__file__).resolve().parent.parent)
-    assert out.stdout.split() == ["MemoryError", "kept"], out.stderr
+    # and no transparent huge pages (relay/worker/limits.py: RSS)
+    assert out.stdout.split() == ["MemoryError", "kept", "THP_disabled=0"], out.stderr
