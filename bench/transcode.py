@@ -3,12 +3,13 @@
 A 1920x1080 30 fps H.264 + AAC source (10 s, made once with ffmpeg, looped for
 --seconds) is fed, paced in real time, to a session worker (relay/worker/main.py)
 that publishes into a real livekit-server with its own publisher (relay/worker/room):
-it decodes the video once (PyAV, slice threads), scales it once per layer (bilinear)
-and encodes each of the preset's layers (`fit_layers` for 1920x1080: their sizes and
-bitrates, at the preset's frame rate) with its own libx264 encoder
-(relay/worker/encode.py: veryfast, zerolatency, baseline, no B-frames, a keyframe
-every 2 s, maxrate = bufsize = the layer bitrate, one thread per encoder, the layers
-in parallel threads), and turns the AAC into 20 ms Opus frames at 96 kbit/s stereo.
+it decodes the video once (PyAV, slice threads), scales it once per layer (bilinear,
+each layer from the one above) and encodes each of the preset's layers (`fit_layers`
+for 1920x1080: their sizes and bitrates, at the preset's frame rate) with its own
+libx264 encoder (relay/worker/encode.py: veryfast, zerolatency, baseline, no
+B-frames, a keyframe every 2 s, maxrate = bufsize = the layer bitrate, one thread per
+encoder, a picture's layers one after the other in one thread while the next picture
+decodes), and turns the AAC into 20 ms Opus frames at 96 kbit/s stereo.
 Its CPU time (all its threads) is read from /proc from 2 s of media on (after the
 room join and the first frames) to the end.
 
@@ -25,7 +26,10 @@ caches that a flat-out run does not, and what is compared is CPU per second of
 media; its CPU is read from /proc over the same media window (media time from its
 -progress reports). Target: ours/ffmpeg <= 1.15.
 
-Run: .venv/bin/python bench/transcode.py [--seconds 20]
+Each preset runs --rounds rounds (ours, then ffmpeg's two runs); the figure is the
+median of the rounds' ratios, since this machine's speed drifts between runs.
+
+Run: .venv/bin/python bench/transcode.py [--seconds 20] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import os
 import secrets
 import shlex
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -281,43 +286,59 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0,
                         help="media seconds per run, on each side (default 20)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds per preset, each running ours then ffmpeg's two "
+                             "(default 3; the ratios' median is the figure)")
     args = parser.parse_args()
     print("command:", " ".join(sys.argv))
     print(versions())
-    rows = []
+    table = []
     with tempfile.TemporaryDirectory() as tmp:
         with source_and_server(Path(tmp)) as (flv, events, livekit):
             for name, preset in PRESETS.items():
                 encoding = video_encoding(pb.IngressVideoOptions(preset=preset))
                 layers = fit_layers(encoding, *SOURCE)
-                cpu, media, got = trio.run(run_worker, livekit, events, preset, args.seconds)
-                ours = cpu / media
-                print(f"{name}: layers {describe(layers, encoding.frame_rate)}; the viewer "
-                      f"got {dict(got.video_sizes)} at {got.fps():.1f} fps")
-                print(f"  ours:   {ours:.2f} CPU s per media s ({cpu:.1f} s over {media:.1f} s"
-                      f" of media; real time needs <= 2.0 on 2 cores, headroom "
-                      f"{2.0 / ours:.1f}x)")
-                row = [name, ours]
-                for label, sending in (("null outputs", False), ("sending SRTP", True)):
-                    with udp_sinks(len(layers) + 1) as ports:
-                        cmd = ffmpeg_command(flv, layers, encoding.frame_rate, args.seconds,
-                                             ports if sending else None)
-                        f_cpu, f_media = run_ffmpeg(cmd)
-                    theirs = f_cpu / f_media
-                    ratio = ours / theirs
-                    row += [theirs, ratio]
-                    print(f"  ffmpeg, {label}: {theirs:.2f} CPU s per media s ({f_cpu:.1f} s "
-                          f"over {f_media:.1f} s of media); ratio ours/ffmpeg {ratio:.2f} "
-                          f"(target <= {TARGET:.2f}: {'met' if ratio <= TARGET else 'MISSED'})")
-                    print(f"    command: {shlex.join(cmd)}", flush=True)
-                rows.append(row)
+                print(f"{name}: layers {describe(layers, encoding.frame_rate)}")
+                rounds = [run_round(flv, events, livekit, preset, layers,
+                                    encoding.frame_rate, args.seconds)
+                          for _ in range(args.rounds)]
+                table.append((name, rounds))
         time.sleep(0.1)
     print()
-    print(f"{'preset':40} {'ours':>6} | {'ffmpeg null':>11} {'ratio':>6} | "
-          f"{'ffmpeg SRTP':>11} {'ratio':>6}   (CPU s per media s)")
-    for name, ours, null, null_ratio, srtp, srtp_ratio in rows:
-        print(f"{name:40} {ours:6.2f} | {null:11.2f} {null_ratio:6.2f} | "
-              f"{srtp:11.2f} {srtp_ratio:6.2f}")
+    print(f"{'preset':36} {'ours':>5} {'null':>5} {'SRTP':>5}  ratio ours/ffmpeg "
+          "null, SRTP: per round -> median   (CPU s per media s: medians)")
+    for name, rounds in table:
+        ours, null, srtp = (statistics.median(r[i] for r in rounds) for i in range(3))
+        null_ratios = [r[0] / r[1] for r in rounds]
+        srtp_ratios = [r[0] / r[2] for r in rounds]
+        print(f"{name:36} {ours:5.2f} {null:5.2f} {srtp:5.2f}  "
+              f"null {' '.join(f'{x:.2f}' for x in null_ratios)} -> "
+              f"{statistics.median(null_ratios):.2f}; SRTP "
+              f"{' '.join(f'{x:.2f}' for x in srtp_ratios)} -> "
+              f"{statistics.median(srtp_ratios):.2f} (target <= {TARGET:.2f})")
+
+
+def run_round(flv: Path, events: list[rtmp.Event], livekit: LiveKitServer, preset: int,
+              layers: tuple[LayerSpec, ...], fps: float, seconds: float
+              ) -> tuple[float, float, float]:
+    """One round, the sides one after the other: (ours, ffmpeg into null outputs,
+    ffmpeg sending SRTP), CPU s per media s. The machine's speed drifts (a KVM
+    guest): rounds alternate the sides so the drift falls on both."""
+    cpu, media, got = trio.run(run_worker, livekit, events, preset, seconds)
+    ours = cpu / media
+    print(f"  ours: {ours:.2f} CPU s per media s ({cpu:.1f} s over {media:.1f} s of media); "
+          f"the viewer got {dict(got.video_sizes)} at {got.fps():.1f} fps")
+    theirs = []
+    for label, sending in (("null outputs", False), ("sending SRTP", True)):
+        with udp_sinks(len(layers) + 1) as ports:
+            cmd = ffmpeg_command(flv, layers, fps, seconds, ports if sending else None)
+            f_cpu, f_media = run_ffmpeg(cmd)
+        theirs.append(f_cpu / f_media)
+        print(f"  ffmpeg, {label}: {f_cpu / f_media:.2f} ({f_cpu:.1f} s over {f_media:.1f} s"
+              f" of media): ratio {ours / theirs[-1]:.2f}")
+        print(f"    command: {shlex.join(cmd)}", flush=True)
+    return ours, theirs[0], theirs[1]
+
 
 if __name__ == "__main__":
     main()
