@@ -39,6 +39,7 @@ import base64
 import dataclasses
 import os
 import secrets
+import selectors
 import shlex
 import socket
 import statistics
@@ -199,8 +200,6 @@ def udp_sinks(count: int) -> Iterator[list[int]]:
     stop = threading.Event()
 
     def drain() -> None:
-        import selectors
-
         with selectors.DefaultSelector() as selector:
             for sock in sockets:
                 sock.setblocking(False)
@@ -330,7 +329,7 @@ def run_round(flv: Path, events: list[rtmp.Event], livekit: LiveKitServer, prese
           f"the viewer got {dict(got.video_sizes)} at {got.fps():.1f} fps")
     theirs = []
     for label, sending in (("null outputs", False), ("sending SRTP", True)):
-        with udp_sinks(len(layers) + 1) as ports:
+        with udp_sinks(len(layers) + 1 if sending else 0) as ports:
             cmd = ffmpeg_command(flv, layers, fps, seconds, ports if sending else None)
             f_cpu, f_media = run_ffmpeg(cmd)
         theirs.append(f_cpu / f_media)
