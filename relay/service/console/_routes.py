@@ -185,8 +185,9 @@ def console_blueprint(ingresses: IngressApi, settings: ConsoleSettings,
         info = await one(ingress_id)
         if info is None:
             return await page("missing.html", session, 404, ingress_id=ingress_id)
-        template = "_summary.html" if request.path.endswith("/summary") else "ingress.html"
-        return await page(template, session, info=info, row=forms.row(info),
+        if request.path.endswith("/summary"):  # every 2 s per open page: the line only
+            return await page("_summary.html", session, info=info, row=forms.row(info))
+        return await page("ingress.html", session, info=info, row=forms.row(info),
                           settings=forms.publisher_settings(info),
                           preview=bool(settings.ws_url), ws_url=settings.ws_url,
                           client_installed=LIVEKIT_CLIENT.is_file())
