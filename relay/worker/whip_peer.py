@@ -232,7 +232,7 @@ class WhipPeer:
 
     def _time_us(self, stream: str, timestamp: int) -> int:
         """A video frame's RTP timestamp (90 kHz) as microseconds that never wrap."""
-        clock = self._clocks.setdefault(stream, RtpClock())
+        clock = self._clocks.get(stream) or self._clocks.setdefault(stream, RtpClock())
         return clock.unwrap(timestamp) * 1_000_000 // RTP_VIDEO_CLOCK
 
     def _forward_opus(self, receiver: RTCRtpReceiver, codecs: list[Any]) -> None:
