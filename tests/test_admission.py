@@ -26,6 +26,7 @@ from relay.service.ingest.url_front import UrlFront
 from relay.service.node import NodeCommands
 from relay.service.status import IdleEstimate, NodeStatus
 from relay.wire import Start, StateReport
+from tests.clock import ManualClock
 
 URLS = EndpointUrls("rtmp://h/x", "http://h/w")
 
@@ -42,22 +43,14 @@ class FakeStatus:
         return self.cpus * (1.0 - self.cpu_load)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 COSTS = CpuCostConfig(rtmp_cpu_cost=0.5, whip_cpu_cost=0.6,
                       whip_bypass_transcoding_cpu_cost=0.25, url_cpu_cost=0.7,
                       min_idle_ratio=0.05)
 
 
 def make(load: float = 0.0, cpus: int = 2, costs: CpuCostConfig = COSTS
-         ) -> tuple[Admission, FakeStatus, Clock]:
-    status, clock = FakeStatus(load, cpus), Clock()
+         ) -> tuple[Admission, FakeStatus, ManualClock]:
+    status, clock = FakeStatus(load, cpus), ManualClock()
     return Admission(status, costs, now=clock), status, clock
 
 
@@ -92,9 +85,9 @@ def test_promises_expire_after_promise_seconds() -> None:
     admission, status, clock = make()
     assert admission.reserve(1.0) is not None
     assert admission.reserve(1.0) is None
-    clock.t += PROMISE_SECONDS - 0.01
+    clock.now += PROMISE_SECONDS - 0.01
     assert admission.promised() == pytest.approx(1.0)
-    clock.t += 0.01  # the sampler has seen the session by now: its load counts instead
+    clock.now += 0.01  # the sampler has seen the session by now: its load counts instead
     assert admission.promised() == 0
     status.cpu_load = 0.5  # the first session measured at 1 core
     assert admission.available() == pytest.approx(0.9)
@@ -128,7 +121,7 @@ def test_release_after_expiry_is_harmless() -> None:
     admission, _, clock = make()
     old = admission.reserve(1.0)
     assert old is not None
-    clock.t += PROMISE_SECONDS + 1
+    clock.now += PROMISE_SECONDS + 1
     new = admission.reserve(1.0)
     assert new is not None
     old.release()
@@ -175,11 +168,11 @@ def test_defaults_fit_this_two_core_node() -> None:
     admission, status, clock = make(costs=costs)
     cost = admission.cost_for("rtmp", True)
     assert [admission.reserve(cost) is not None for _ in range(4)] == [True, True, True, False]
-    clock.t += PROMISE_SECONDS
+    clock.now += PROMISE_SECONDS
     status.cpu_load = 3 * 0.41 / 2  # three 720p sessions as measured
     assert admission.reserve(cost) is not None  # a fourth (bench/sessions.py: 4 hold)
     status.cpu_load = 4 * 0.41 / 2
-    clock.t += PROMISE_SECONDS
+    clock.now += PROMISE_SECONDS
     assert admission.reserve(cost) is None  # a fifth would drop frames
     assert make(costs=CpuCostConfig(rtmp_cpu_cost=2.0))[0].reserve(2.0) is None
 
@@ -191,7 +184,7 @@ def test_committed_costs_alone_refuse_on_an_idle_machine() -> None:
     live = []
     for _ in range(4):
         live.append(admission.reserve(0.5))
-        clock.t += PROMISE_SECONDS  # no longer fresh: only the commitment remains
+        clock.now += PROMISE_SECONDS  # no longer fresh: only the commitment remains
     assert all(live) and admission.promised() == 0
     assert admission.committed() == pytest.approx(2.0)
     assert admission.available() == pytest.approx(0.0)  # measured: 1.9 idle
@@ -216,18 +209,18 @@ def test_idle_estimate_weighs_samples_by_their_duration() -> None:
         IdleEstimate(2.0, time_constant=0)
 
 
-def node(cpus: int = 2) -> tuple[NodeStatus, Admission, Clock]:
+def node(cpus: int = 2) -> tuple[NodeStatus, Admission, ManualClock]:
     """The node's NodeStatus (fed by hand, as sample_cpu feeds it) under the default
     costs: 0.5 core per transcoding session, 5% reserve."""
-    status, clock = NodeStatus(CpuCostConfig().min_idle_ratio, cpus=cpus), Clock()
+    status, clock = NodeStatus(CpuCostConfig().min_idle_ratio, cpus=cpus), ManualClock()
     return status, Admission(status, CpuCostConfig(), now=clock), clock
 
 
-def feed(status: NodeStatus, clock: Clock, load: float, seconds: int) -> None:
+def feed(status: NodeStatus, clock: ManualClock, load: float, seconds: int) -> None:
     """`seconds` one-second samples of the whole machine at `load`."""
     for _ in range(seconds):
-        status.observe(clock.t, clock.t + 1, load)
-        clock.t += 1
+        status.observe(clock.now, clock.now + 1, load)
+        clock.now += 1
 
 
 def test_a_one_second_burst_does_not_refuse_the_first_session() -> None:

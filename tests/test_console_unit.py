@@ -26,16 +26,9 @@ from relay.service.console._sessions import (
     MAX_LIFETIME,
     MAX_SESSIONS,
 )
+from tests.clock import ManualClock
 
 KEY, SECRET = "APIconsole", "s" * 40
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_only_the_node_key_pair_signs_in() -> None:
@@ -51,7 +44,7 @@ def test_only_the_node_key_pair_signs_in() -> None:
 
 
 def test_sessions_end_when_idle_or_too_old_and_on_sign_out() -> None:
-    clock = Clock()
+    clock = ManualClock()
     sessions = ConsoleSessions(KEY, SECRET, clock=clock)
     idle = sessions.open()
     clock.now += IDLE_LIFETIME + 1
@@ -79,7 +72,7 @@ def test_sessions_are_bounded_oldest_first() -> None:
 
 
 def test_wrong_sign_ins_from_one_address_wait_for_the_window() -> None:
-    clock = Clock()
+    clock = ManualClock()
     sessions = ConsoleSessions(KEY, SECRET, clock=clock)
     for _ in range(MAX_FAILURES):
         assert sessions.retry_after("10.0.0.1") == 0

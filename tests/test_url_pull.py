@@ -12,6 +12,7 @@ import pytest
 
 from relay.worker.egress_gate import EgressGate, open_egress_gate
 from relay.worker.url_input import MediaClock, SourceError, open_source, probe_http, redact
+from tests.clock import ManualClock
 from tests.livekit import free_port
 from tests.media_http import MediaServer, public_here, serve_media
 from tests.test_egress import in_thread, pull
@@ -22,16 +23,8 @@ def fails_with(text: str, *, whole: bool = False) -> Any:
     return pytest.raises(SourceError, match=f"^{re.escape(text)}{'$' if whole else ''}")
 
 
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_clock_paces_from_the_first_frame() -> None:
-    t = FakeTime()
+    t = ManualClock(100.0)
     clock = MediaClock(t)
     assert clock.due(5_000) == 100.0
     assert clock.due(5_040) == pytest.approx(100.04)
@@ -41,7 +34,7 @@ def test_clock_paces_from_the_first_frame() -> None:
 
 
 def test_a_file_that_stalled_continues_from_the_late_frame() -> None:
-    t = FakeTime()
+    t = ManualClock(100.0)
     clock = MediaClock(t)
     clock.due(0)
     t.now = 103.0  # 3 s of wall time later, the frame at 1 s arrives: 2 s late
@@ -51,7 +44,7 @@ def test_a_file_that_stalled_continues_from_the_late_frame() -> None:
 
 
 def test_a_timestamp_jump_restarts_the_clock() -> None:
-    t = FakeTime()
+    t = ManualClock(100.0)
     clock = MediaClock(t)
     clock.due(0)
     assert clock.due(3_600_000) == 100.0  # an hour ahead: a discontinuity, not a wait
@@ -59,7 +52,7 @@ def test_a_timestamp_jump_restarts_the_clock() -> None:
 
 
 def test_a_live_source_behind_its_edge_skips_late_frames() -> None:
-    t = FakeTime()
+    t = ManualClock(100.0)
     clock = MediaClock(t, live=True)
     clock.due(0)
     t.now = 104.0  # stalled 4 s; the missed segments then arrive faster than real time
@@ -76,7 +69,7 @@ def test_a_live_source_behind_its_edge_skips_late_frames() -> None:
 
 
 def test_a_live_source_that_cannot_catch_up_is_followed() -> None:
-    t = FakeTime()
+    t = ManualClock(100.0)
     clock = MediaClock(t, live=True)
     clock.due(0)
     t.now = 104.0
