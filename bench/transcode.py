@@ -26,10 +26,15 @@ caches that a flat-out run does not, and what is compared is CPU per second of
 media; its CPU is read from /proc over the same media window (media time from its
 -progress reports). Target: ours/ffmpeg <= 1.15.
 
-Each preset runs --rounds rounds (ours, then ffmpeg's two runs); the figure is the
-median of the rounds' ratios, since this machine's speed drifts between runs.
+Each preset runs --rounds rounds; a round runs ours at the same time as ffmpeg into
+null outputs, then ours at the same time as ffmpeg sending SRTP, and the figure is the
+median of the rounds' ratios. Side by side in time, both sides pay the machine's
+speed of the same seconds: this KVM guest's speed drifts 10-20% within minutes,
+which made ratios of runs one after the other (--apart) spread from 1.05 to 1.29
+in one hour, where side by side they spread by +/- 0.03. The two processes share
+the 2 cores then (about 1.1 of them busy, with the SFU and this process).
 
-Run: .venv/bin/python bench/transcode.py [--seconds 20] [--rounds 3]
+Run: .venv/bin/python bench/transcode.py [--seconds 20] [--rounds 3] [--apart]
 """
 
 from __future__ import annotations
@@ -286,8 +291,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0,
                         help="media seconds per run, on each side (default 20)")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds per preset, each running ours then ffmpeg's two "
-                             "(default 3; the ratios' median is the figure)")
+                        help="rounds per preset, each running ours beside each of "
+                             "ffmpeg's two runs (default 3; the ratios' median is the "
+                             "figure)")
+    parser.add_argument("--apart", action="store_true",
+                        help="run ours before ffmpeg's two runs, not beside them")
     args = parser.parse_args()
     print("command:", " ".join(sys.argv))
     print(versions())
@@ -298,9 +306,9 @@ def main() -> None:
                 encoding = video_encoding(pb.IngressVideoOptions(preset=preset))
                 layers = fit_layers(encoding, *SOURCE)
                 print(f"{name}: layers {describe(layers, encoding.frame_rate)}")
-                rounds = [run_round(flv, events, livekit, preset, layers,
-                                    encoding.frame_rate, args.seconds)
-                          for _ in range(args.rounds)]
+                run = run_round_apart if args.apart else run_round_together
+                rounds = [run(flv, events, livekit, preset, layers, encoding.frame_rate,
+                              args.seconds) for _ in range(args.rounds)]
                 table.append((name, rounds))
         time.sleep(0.1)
     print()
@@ -309,7 +317,7 @@ def main() -> None:
     for name, rounds in table:
         ours, null, srtp = (statistics.median(r[i] for r in rounds) for i in range(3))
         null_ratios = [r[0] / r[1] for r in rounds]
-        srtp_ratios = [r[0] / r[2] for r in rounds]
+        srtp_ratios = [r[3] / r[2] for r in rounds]
         print(f"{name:36} {ours:5.2f} {null:5.2f} {srtp:5.2f}  "
               f"null {' '.join(f'{x:.2f}' for x in null_ratios)} -> "
               f"{statistics.median(null_ratios):.2f}; SRTP "
@@ -317,12 +325,14 @@ def main() -> None:
               f"{statistics.median(srtp_ratios):.2f} (target <= {TARGET:.2f})")
 
 
-def run_round(flv: Path, events: list[rtmp.Event], livekit: LiveKitServer, preset: int,
-              layers: tuple[LayerSpec, ...], fps: float, seconds: float
-              ) -> tuple[float, float, float]:
+Round = tuple[float, float, float, float]  # CPU s per media s: ours, null, SRTP, ours
+
+
+def run_round_apart(flv: Path, events: list[rtmp.Event], livekit: LiveKitServer, preset: int,
+              layers: tuple[LayerSpec, ...], fps: float, seconds: float) -> Round:
     """One round, the sides one after the other: (ours, ffmpeg into null outputs,
-    ffmpeg sending SRTP), CPU s per media s. The machine's speed drifts (a KVM
-    guest): rounds alternate the sides so the drift falls on both."""
+    ffmpeg sending SRTP, ours again), CPU s per media s. The machine's speed drifts
+    (a KVM guest): rounds alternate the sides so the drift falls on both."""
     cpu, media, got = trio.run(run_worker, livekit, events, preset, seconds)
     ours = cpu / media
     print(f"  ours: {ours:.2f} CPU s per media s ({cpu:.1f} s over {media:.1f} s of media); "
@@ -336,7 +346,42 @@ def run_round(flv: Path, events: list[rtmp.Event], livekit: LiveKitServer, prese
         print(f"  ffmpeg, {label}: {f_cpu / f_media:.2f} ({f_cpu:.1f} s over {f_media:.1f} s"
               f" of media): ratio {ours / theirs[-1]:.2f}")
         print(f"    command: {shlex.join(cmd)}", flush=True)
-    return ours, theirs[0], theirs[1]
+    return ours, theirs[0], theirs[1], ours
+
+
+def run_round_together(flv: Path, events: list[rtmp.Event], livekit: LiveKitServer,
+                       preset: int, layers: tuple[LayerSpec, ...], fps: float,
+                       seconds: float) -> Round:
+    """One round, ours at the same time as each of ffmpeg's two runs: (ours beside
+    null, null, SRTP, ours beside SRTP), CPU s per media s."""
+    figures: list[float] = []
+    for label, sending in (("null outputs", False), ("sending SRTP", True)):
+        with udp_sinks(len(layers) + 1 if sending else 0) as ports:
+            cmd = ffmpeg_command(flv, layers, fps, seconds, ports if sending else None)
+            (cpu, media, got), (f_cpu, f_media) = trio.run(
+                both, livekit, events, preset, seconds, cmd)
+        ours, theirs = cpu / media, f_cpu / f_media
+        figures += [ours, theirs]
+        print(f"  together with ffmpeg, {label}: ours {ours:.2f} ({cpu:.1f} s over "
+              f"{media:.1f} s), ffmpeg {theirs:.2f} ({f_cpu:.1f} s over {f_media:.1f} s): "
+              f"ratio {ours / theirs:.2f}; the viewer got {dict(got.video_sizes)}")
+        print(f"    command: {shlex.join(cmd)}", flush=True)
+    return figures[0], figures[1], figures[3], figures[2]
+
+
+async def both(livekit: LiveKitServer, events: list[rtmp.Event], preset: int,
+               seconds: float, cmd: list[str]
+               ) -> tuple[tuple[float, float, Seen], tuple[float, float]]:
+    """Our worker and ffmpeg's `cmd`, started together."""
+    results: dict[str, tuple] = {}
+
+    async def theirs() -> None:
+        results["ffmpeg"] = await trio.to_thread.run_sync(run_ffmpeg, cmd)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(theirs)
+        results["ours"] = await run_worker(livekit, events, preset, seconds)
+    return results["ours"], results["ffmpeg"]
 
 
 if __name__ == "__main__":
