@@ -153,7 +153,8 @@ async def test_rtmp_router_ends_a_session_without_media_and_not_one_with_it(
             nursery.start_soon(front)
             try:
                 result.append(await rtmp_input.route(
-                    _Session(), MessageReader(), receive, video_send, audio_send))
+                    _Session(), MessageReader(), receive, rtmp_input.ChannelQueue(video_send),
+                    audio_send))
             except SessionFailed as exc:
                 result.append(exc)
             nursery.cancel_scope.cancel()

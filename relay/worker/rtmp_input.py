@@ -3,11 +3,15 @@
 The service's RTMP front (relay/service/ingest/rtmp_front.py) forwards rtmp's
 VideoConfig/VideoFrame/AudioConfig/AudioFrame over stdin (relay/wire.py). Here they
 are counted, gated for lag and queued to the decode stages (or, with transcoding
-off, to the passthrough stage) through bounded channels: when the video stage is
-behind, video is dropped up to the next keyframe, never audio.
+off, to the passthrough stage) through bounded queues: when the video stage is
+behind, video is dropped up to the next keyframe, never audio. The video decoder
+runs in a thread of its own, fed through a `ThreadInbox`; audio and passthrough
+are trio tasks, fed through memory channels.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import trio
 
@@ -15,14 +19,40 @@ import rtmp
 from relay.wire import EndOfStream, MessageReader
 
 from .front import receive_from_front
+from .handoff import ThreadInbox
 from .passthrough import rtmp_passthrough_stage
 from .session import AUDIO_QUEUE, NO_MEDIA_TIMEOUT, VIDEO_QUEUE, Session, SessionFailed
+
+
+class VideoQueue(Protocol):
+    """Where the router puts video: a trio channel or a decoder thread's inbox."""
+
+    def put(self, message: object) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class ChannelQueue:
+    """A trio memory channel as a `VideoQueue` (the passthrough stage)."""
+
+    def __init__(self, channel: trio.MemorySendChannel) -> None:
+        self.channel = channel
+
+    def put(self, message: object) -> bool:
+        try:
+            self.channel.send_nowait(message)
+        except trio.WouldBlock:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.channel.close()
 
 
 class _Router:
     """Counts, lag-gates and queues each media event to its stage, without waiting."""
 
-    def __init__(self, session: Session, video: trio.MemorySendChannel,
+    def __init__(self, session: Session, video: VideoQueue,
                  audio: trio.MemorySendChannel) -> None:
         self.session, self.video, self.audio = session, video, audio
         self.skip_video = False
@@ -36,10 +66,9 @@ class _Router:
                 if self.skip_video and not message.keyframe:
                     session.dropped_video += 1
                     return
-            try:
-                self.video.send_nowait(message)
+            if self.video.put(message):
                 self.skip_video = False
-            except trio.WouldBlock:
+            else:
                 # Behind: drop video (never audio), up to the next keyframe so the
                 # decoder resumes on a clean picture.
                 self.skip_video = True
@@ -57,10 +86,11 @@ class _Router:
 
 
 async def route(session: Session, reader: MessageReader, stdin: trio.abc.ReceiveStream,
-                video: trio.MemorySendChannel, audio: trio.MemorySendChannel) -> EndOfStream:
-    """Feed the stages until the session ends; returns how it ended."""
+                video: VideoQueue, audio: trio.MemorySendChannel) -> EndOfStream:
+    """Feed the stages until the session ends (then close their queues); returns how
+    it ended."""
     router = _Router(session, video, audio)
-    async with video, audio:
+    try:
         # one scope for the session, its deadline pushed on by each read (cheaper than
         # a scope per read, at ~80 reads a second)
         with trio.CancelScope() as idle:
@@ -71,17 +101,23 @@ async def route(session: Session, reader: MessageReader, stdin: trio.abc.Receive
                         return message
                     router.route(message)
         raise SessionFailed(f"no media received for {NO_MEDIA_TIMEOUT:.0f} s")
+    finally:
+        video.close()
+        audio.close()
 
 
 async def run_rtmp(session: Session, stages: trio.Nursery, reader: MessageReader,
                    stdin: trio.abc.ReceiveStream) -> EndOfStream:
     """RTMP: the decode (or passthrough) stages, fed with the front's media events."""
-    video_send, video_recv = trio.open_memory_channel[object](VIDEO_QUEUE)
-    audio_send, audio_recv = trio.open_memory_channel[object](AUDIO_QUEUE)
+    video: VideoQueue
     if session.start.transcode:
-        stages.start_soon(session.video_stage, video_recv)
+        video = inbox = ThreadInbox[object](VIDEO_QUEUE)
+        stages.start_soon(session.video_stage, inbox)
     else:
+        video_send, video_recv = trio.open_memory_channel[object](VIDEO_QUEUE)
+        video = ChannelQueue(video_send)
         stages.start_soon(rtmp_passthrough_stage, session, video_recv)
+    audio_send, audio_recv = trio.open_memory_channel[object](AUDIO_QUEUE)
     stages.start_soon(session.audio_stage, audio_recv)
-    return await route(session, reader, stdin, video_send, audio_send)
+    return await route(session, reader, stdin, video, audio_send)
 

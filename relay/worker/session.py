@@ -11,6 +11,7 @@ url_input.py, whip_input.py) feed it; main.py picks the input.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from relay.wire import (
 
 from .decode import AudioDecoder, DecodeError, VideoDecoder
 from .encode import EncodeError, LayerEncoder, OpusEncoder
+from .handoff import ThreadInbox, consume_in_thread
 from .layers import (
     AudioEncoding,
     LayerSpec,
@@ -205,11 +207,12 @@ class PictureOutput:
     The first picture publishes the video track: its size decides the layers
     (`fit_layers`), which are announced to the room and kept for the session (a
     later size change is scaled to them). The layers are encoded one after the
-    other in one worker thread per picture, the top layer first, each sent as soon
-    as it is encoded (the decoder runs in another thread meanwhile): on 2 cores this
-    measured the same CPU as a thread per layer (docs/DESIGN.md, "The publisher")
-    with a third of the thread hand-offs.
-    A picture that comes while the previous one is still being encoded is skipped
+    other, the top layer first, each sent as soon as it is encoded, by one thread
+    that lives as long as the output (fed through a `ThreadInbox`: no wake-up of the
+    loop per picture; the decoder runs meanwhile): on 2 cores one thread for all
+    layers measured the same CPU as a thread per layer (docs/DESIGN.md, "The
+    publisher") with a third of the thread hand-offs.
+    A picture that comes while one is still waiting to be encoded is skipped
     (counted in the `video_encoder` drops) rather than queued behind it. Layers above
     the bandwidth estimate (`RoomPublisher.layers_allowed`, from the room's
     transport-wide CC feedback) are neither encoded nor sent; one that comes back
@@ -221,24 +224,38 @@ class PictureOutput:
         self.nursery = nursery
         self.limiter = FrameRateLimiter(session.video_encoding.frame_rate)
         self.layers: tuple[LayerSpec, ...] = ()
-        self.input: trio.MemorySendChannel | None = None
+        self.input: ThreadInbox[tuple[av.VideoFrame, int]] | None = None
         self.track: PublishedTrack | None = None
         self.clock = MonotonicClock()
         self.sending = 0  # layers sent at the last picture (congestion control)
         self.resumed: set[int] = set()  # layers sent again, owed a keyframe
 
     async def show(self, picture: av.VideoFrame, pts_ms: int) -> None:
-        session = self.session
-        session.video_in.width, session.video_in.height = picture.width, picture.height
-        if not session.video_lag.admit(pts_ms) or not self.limiter.accept(pts_ms):
+        """A decoded picture, from the trio loop (URL and WHIP inputs)."""
+        if not self._admit(picture, pts_ms):
             return
         if self.track is None:
             await self._publish(picture.width, picture.height)
+        self._offer(picture, pts_ms)
+
+    def show_from_thread(self, picture: av.VideoFrame, pts_ms: int) -> None:
+        """A decoded picture, from a decoder's thread run by trio (the RTMP input):
+        only the first picture, which publishes the track, waits for the loop."""
+        if not self._admit(picture, pts_ms):
+            return
+        if self.track is None:
+            trio.from_thread.run(self._publish, picture.width, picture.height)
+        self._offer(picture, pts_ms)
+
+    def _admit(self, picture: av.VideoFrame, pts_ms: int) -> bool:
+        session = self.session
+        session.video_in.width, session.video_in.height = picture.width, picture.height
+        return session.video_lag.admit(pts_ms) and self.limiter.accept(pts_ms)
+
+    def _offer(self, picture: av.VideoFrame, pts_ms: int) -> None:
         assert self.input is not None
-        try:
-            self.input.send_nowait((picture, self.clock(pts_ms, trio.current_time())))
-        except trio.WouldBlock:
-            session.dropped_encoder += 1
+        if not self.input.put((picture, self.clock(pts_ms, time.monotonic()))):
+            self.session.dropped_encoder += 1
 
     async def _publish(self, width: int, height: int) -> None:
         session = self.session
@@ -253,15 +270,19 @@ class PictureOutput:
              for layer in self.layers],
             codec=codec, name=session.info.video.name, source=session.info.video.source)
         self.sending = len(self.layers)
-        self.input, pictures = trio.open_memory_channel[tuple[av.VideoFrame, int]](1)
-        self.nursery.start_soon(self._encode, encoders, pictures)
+        self.input = ThreadInbox(1)
+        self.nursery.start_soon(self._encode, encoders, self.input)
         await session.report_state("publishing")
 
     async def _encode(self, encoders: list[LayerEncoder],
-                      pictures: trio.MemoryReceiveChannel) -> None:
-        async for picture, rtp_ms in pictures:
-            await trio.to_thread.run_sync(self._encode_layers, encoders, picture, rtp_ms)
-            self.session.captured_video += 1
+                      pictures: ThreadInbox[tuple[av.VideoFrame, int]]) -> None:
+        """The encoders' thread, until the output closes (its last picture encoded)."""
+        def encode_pictures() -> None:
+            while (item := pictures.get()) is not None:
+                self._encode_layers(encoders, *item)
+                self.session.captured_video += 1
+
+        await consume_in_thread(encode_pictures, pictures, "layer encoders")
 
     def _encode_layers(self, encoders: list[LayerEncoder], picture: av.VideoFrame,
                        rtp_ms: int) -> None:
@@ -386,26 +407,28 @@ class Session:
 
     # -- video ---------------------------------------------------------------------
 
-    async def video_stage(self, frames: trio.MemoryReceiveChannel) -> None:
+    async def video_stage(self, frames: ThreadInbox[object]) -> None:
+        """Decode the coded frames the RTMP router puts in `frames` in a thread of the
+        stage's own (no wake-up of the loop per frame), until the inbox closes."""
         async with open_picture_output(self) as output:
-            await self._decode_video(frames, output)
+            await consume_in_thread(lambda: self._decode_video(frames, output), frames,
+                                    "video decoder")
 
-    async def _decode_video(self, frames: trio.MemoryReceiveChannel,
-                            output: PictureOutput) -> None:
+    def _decode_video(self, frames: ThreadInbox[object], output: PictureOutput) -> None:
         decoder: VideoDecoder | None = None
         blind = 0
         last_error: DecodeError | None = None
-        async for event in frames:
+        while (event := frames.get()) is not None:
             if isinstance(event, rtmp.VideoConfig):
-                decoder = await trio.to_thread.run_sync(_open_decoder, VideoDecoder, event)
+                decoder = _open_decoder(VideoDecoder, event)
                 self.video_in.mime = MIME.get(event.codec, event.codec)
                 continue
+            assert isinstance(event, rtmp.VideoFrame)
             if decoder is None:
-                decoder = await trio.to_thread.run_sync(_open_decoder, VideoDecoder, None,
-                                                        event.codec)
+                decoder = _open_decoder(VideoDecoder, None, event.codec)
                 self.video_in.mime = MIME.get(event.codec, event.codec)
             try:
-                pictures = await trio.to_thread.run_sync(decoder.decode, event)
+                pictures = decoder.decode(event)
             except DecodeError as exc:
                 pictures, last_error = [], exc
             # FFmpeg conceals much broken input instead of failing: a stream that gives
@@ -416,7 +439,7 @@ class Session:
                                     f"{decoder.codec} decoding failed: no picture from "
                                     f"{blind} frames")
             for picture in pictures:
-                await output.show(picture, int(picture.pts or 0))
+                output.show_from_thread(picture, int(picture.pts or 0))
 
     # -- audio ---------------------------------------------------------------------
 
