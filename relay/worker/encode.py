@@ -97,9 +97,12 @@ class LayerEncoder:
         if (picture.width, picture.height, picture.format.name) == (
                 self.width, self.height, "yuv420p"):
             return picture
+        # threads=1: in this thread. PyAV's default (0) gives swscale a pool of a
+        # thread per core, woken for every picture (~40 wake-ups a second each) for
+        # work that takes ~0.2 ms; the session's own threads already use the cores.
         return self._reformatter.reformat(picture, width=self.width, height=self.height,
                                           format="yuv420p",
-                                          interpolation=Interpolation.BILINEAR)
+                                          interpolation=Interpolation.BILINEAR, threads=1)
 
     def encode(self, picture: av.VideoFrame, timestamp: int,
                keyframe: bool = False) -> list[EncodedFrame]:
