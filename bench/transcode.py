@@ -328,8 +328,18 @@ def main() -> None:
 Round = tuple[float, float, float, float]  # CPU s per media s: ours, null, SRTP, ours
 
 
-def run_round_apart(flv: Path, events: list[rtmp.Event], livekit: LiveKitServer, preset: int,
-              layers: tuple[LayerSpec, ...], fps: float, seconds: float) -> Round:
+def ffmpeg_runs(flv: Path, layers: tuple[LayerSpec, ...], fps: float, seconds: float
+                ) -> Iterator[tuple[str, list[str]]]:
+    """ffmpeg's two runs of a round, each (label, command): into null outputs, then
+    sending SRTP to UDP sinks that stay open while the caller runs the command."""
+    for label, sending in (("null outputs", False), ("sending SRTP", True)):
+        with udp_sinks(len(layers) + 1 if sending else 0) as ports:
+            yield label, ffmpeg_command(flv, layers, fps, seconds, ports if sending else None)
+
+
+def run_round_apart(flv: Path, events: list[rtmp.Event], livekit: LiveKitServer,
+                    preset: int, layers: tuple[LayerSpec, ...], fps: float,
+                    seconds: float) -> Round:
     """One round, the sides one after the other: (ours, ffmpeg into null outputs,
     ffmpeg sending SRTP, ours again), CPU s per media s. The machine's speed drifts
     (a KVM guest): rounds alternate the sides so the drift falls on both."""
@@ -338,10 +348,8 @@ def run_round_apart(flv: Path, events: list[rtmp.Event], livekit: LiveKitServer,
     print(f"  ours: {ours:.2f} CPU s per media s ({cpu:.1f} s over {media:.1f} s of media); "
           f"the viewer got {dict(got.video_sizes)} at {got.fps():.1f} fps")
     theirs = []
-    for label, sending in (("null outputs", False), ("sending SRTP", True)):
-        with udp_sinks(len(layers) + 1 if sending else 0) as ports:
-            cmd = ffmpeg_command(flv, layers, fps, seconds, ports if sending else None)
-            f_cpu, f_media = run_ffmpeg(cmd)
+    for label, cmd in ffmpeg_runs(flv, layers, fps, seconds):
+        f_cpu, f_media = run_ffmpeg(cmd)
         theirs.append(f_cpu / f_media)
         print(f"  ffmpeg, {label}: {f_cpu / f_media:.2f} ({f_cpu:.1f} s over {f_media:.1f} s"
               f" of media): ratio {ours / theirs[-1]:.2f}")
@@ -355,11 +363,9 @@ def run_round_together(flv: Path, events: list[rtmp.Event], livekit: LiveKitServ
     """One round, ours at the same time as each of ffmpeg's two runs: (ours beside
     null, null, SRTP, ours beside SRTP), CPU s per media s."""
     figures: list[float] = []
-    for label, sending in (("null outputs", False), ("sending SRTP", True)):
-        with udp_sinks(len(layers) + 1 if sending else 0) as ports:
-            cmd = ffmpeg_command(flv, layers, fps, seconds, ports if sending else None)
-            (cpu, media, got), (f_cpu, f_media) = trio.run(
-                both, livekit, events, preset, seconds, cmd)
+    for label, cmd in ffmpeg_runs(flv, layers, fps, seconds):
+        (cpu, media, got), (f_cpu, f_media) = trio.run(
+            both, livekit, events, preset, seconds, cmd)
         ours, theirs = cpu / media, f_cpu / f_media
         figures += [ours, theirs]
         print(f"  together with ffmpeg, {label}: ours {ours:.2f} ({cpu:.1f} s over "
