@@ -12,6 +12,8 @@ Producers never wait: `put` says whether the item was taken (a full inbox is the
 caller's drop, counted as such). The consumer thread blocks in `get`, which
 returns `None` once the inbox is closed and empty. `consume_in_thread` runs the
 consumer as a trio task's thread, ended by closing the inbox when cancelled.
+(`queue.Queue` has the bound but no closing until Python 3.13's `shutdown`; the
+worker runs on 3.11.)
 """
 
 from __future__ import annotations
