@@ -10,15 +10,27 @@ machine has. For each step: the workers' CPU (cores), the SFU's and this process
 memory (RSS and PSS per session) and the drops in the window, by counter.
 No subscribers run here: viewers are on other machines, and decoding for them
 would take CPU from the workers. Run: .venv/bin/python bench/sessions.py [--max 8]
+
+With --ffmpeg the steps add Debian's ffmpeg processes instead, each doing one
+session's media work the way bench/transcode.py's does (decode, the default preset's
+layers with the worker's libx264 settings, AAC -> Opus, each stream sent as SRTP over
+UDP to this process): the machine's ceiling for the same work with the field's own
+tool, in the same hour. ffmpeg does not drop pictures, it falls behind: a step holds
+while every process keeps >= 98% of real time (its -progress media time) over the
+window.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
+import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import trio
@@ -29,14 +41,17 @@ from livekit.protocol import ingress as pb
 
 import rtmp
 from bench.rtmp import cpu_seconds
-from bench.transcode import media_events, shift
+from bench.transcode import ffmpeg_command, media_events, shift, udp_sinks
 from relay.service.ingest.tokens import participant_token
 from relay.service.ingest.worker_client import SessionWorker, open_session_worker
 from relay.wire import Start, StateReport
+from relay.worker.layers import fit_layers, video_encoding
 from tests.livekit import API_KEY, API_SECRET, LiveKitServer
 
 WARMUP = 6.0
 WINDOW = 8.0
+SOURCE = (1280, 720)
+REAL_TIME = 0.98  # an ffmpeg step holds while every process keeps this share of real time
 
 
 def memory_bytes(pid: int) -> tuple[int, int]:
@@ -51,10 +66,8 @@ def memory_bytes(pid: int) -> tuple[int, int]:
 
 
 def make_source(path: Path) -> None:
-    import subprocess
-
     subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
-                    "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30",
+                    "-f", "lavfi", "-i", f"testsrc2=size={SOURCE[0]}x{SOURCE[1]}:rate=30",
                     "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "10",
                     "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency",
                     "-b:v", "2500k", "-pix_fmt", "yuv420p", "-g", "60", "-bf", "0",
@@ -146,14 +159,81 @@ async def bench(livekit: LiveKitServer, events: list[rtmp.Event], most: int) -> 
         nursery.cancel_scope.cancel()
 
 
+class FfmpegSession:
+    """One ffmpeg process doing a session's media work; a thread follows the media
+    time it has output (its -progress reports)."""
+
+    def __init__(self, cmd: list[str]) -> None:
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        self.reports: list[tuple[float, float]] = []  # (wall time it came, media s)
+        self._reader = threading.Thread(target=self._follow, daemon=True)
+        self._reader.start()
+
+    def _follow(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            key, _, value = line.strip().partition("=")
+            if key == "out_time_us" and value.isdigit():
+                self.reports.append((time.monotonic(), int(value) / 1e6))
+
+    def speed(self, since: float, until: float) -> float:
+        """Media seconds output per wall second between two times, from the reports
+        that came between them (every 0.5 s: reading the media time at the window's
+        ends instead would be up to 0.5 s stale, +/- 6% of an 8 s window)."""
+        inside = [r for r in self.reports if since <= r[0] <= until]
+        if len(inside) < 2:
+            return 0.0
+        (wall0, media0), (wall1, media1) = inside[0], inside[-1]
+        return (media1 - media0) / (wall1 - wall0)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+        self._reader.join()
+
+
+def bench_ffmpeg(source: Path, most: int) -> None:
+    encoding = video_encoding(None)
+    layers = fit_layers(encoding, *SOURCE)
+    print(f"{'ffmpeg':>8} {'CPU cores':>9} {'idle':>5} {'RSS/process MB':>14} "
+          f"{'PSS/process MB':>14} {'slowest, share of real time':>27}")
+    with contextlib.ExitStack() as stack:
+        sessions: list[FfmpegSession] = []
+        for n in range(1, most + 1):
+            ports = stack.enter_context(udp_sinks(len(layers) + 1))
+            cmd = ffmpeg_command(source, layers, encoding.frame_rate, 3600, ports)
+            sessions.append(stack.enter_context(contextlib.closing(FfmpegSession(cmd))))
+            time.sleep(WARMUP)
+            pids = [s.proc.pid for s in sessions]
+            cpu0, idle0 = sum(cpu_seconds(p) for p in pids), idle_seconds()
+            began = time.monotonic()
+            time.sleep(WINDOW)
+            cores = (sum(cpu_seconds(p) for p in pids) - cpu0) / WINDOW
+            idle = (idle_seconds() - idle0) / WINDOW / (os.cpu_count() or 1)
+            slowest = min(s.speed(began, began + WINDOW) for s in sessions)
+            memory = [memory_bytes(p) for p in pids]
+            rss, pss = (sum(m[i] for m in memory) / 1e6 / n for i in (0, 1))
+            print(f"{n:>8} {cores:>9.2f} {idle:>5.0%} {rss:>14.0f} {pss:>14.0f} "
+                  f"{slowest:>27.3f}", flush=True)
+            if slowest < REAL_TIME:
+                print(f"-> {n - 1} ffmpeg sessions in real time on this machine")
+                break
+        print("command of each:", " ".join(cmd))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max", type=int, default=8)
+    parser.add_argument("--ffmpeg", action="store_true",
+                        help="add ffmpeg processes doing the same work, not workers")
     args = parser.parse_args()
     print("command:", " ".join(sys.argv))
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "source.flv"
         make_source(source)
+        if args.ffmpeg:
+            bench_ffmpeg(source, args.max)
+            return
         events = media_events(source)
         livekit = LiveKitServer(Path(tmp))
         livekit.start()
