@@ -18,6 +18,11 @@ UDP to this process): the machine's ceiling for the same work with the field's o
 tool, in the same hour. ffmpeg does not drop pictures, it falls behind: a step holds
 while every process keeps >= 98% of real time (its -progress media time) over the
 window.
+
+With --forked the workers are forked from a template process that has done their
+imports (bench/_forked.py), not started with `python -m relay.worker`: what a fork
+server would save in memory and start-up time. The PSS per session then includes
+each session's share of the template's.
 """
 
 from __future__ import annotations
@@ -40,10 +45,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from livekit.protocol import ingress as pb
 
 import rtmp
+from bench._forked import open_forked_worker, worker_template
 from bench.rtmp import cpu_seconds
 from bench.transcode import ffmpeg_command, media_events, shift, udp_sinks
 from relay.service.ingest.tokens import participant_token
-from relay.service.ingest.worker_client import SessionWorker, open_session_worker
+from relay.service.ingest.worker_client import (
+    SessionWorker,
+    open_session_worker,
+    worker_environment,
+)
 from relay.wire import Start, StateReport
 from relay.worker.layers import fit_layers, video_encoding
 from tests.livekit import API_KEY, API_SECRET, LiveKitServer
@@ -75,9 +85,11 @@ def make_source(path: Path) -> None:
 
 
 class Session:
-    def __init__(self, worker: SessionWorker) -> None:
+    def __init__(self, worker: SessionWorker, spawned: float) -> None:
         self.worker = worker
         self.last: StateReport | None = None
+        self.spawned = spawned
+        self.start_seconds = 0.0  # from spawning the worker to its first track
 
     def drops(self) -> collections.Counter[str]:
         return collections.Counter(self.last.drops if self.last is not None else {})
@@ -105,32 +117,40 @@ async def feed(worker: SessionWorker, events: list[rtmp.Event]) -> None:
 async def collect(session: Session) -> None:
     async for report in session.worker.reports:
         session.last = report
+        if report.status == "publishing" and not session.start_seconds:
+            session.start_seconds = trio.current_time() - session.spawned
 
 
 async def run_session(livekit: LiveKitServer, events: list[rtmp.Event], n: int,
-                      sessions: list[Session],
+                      sessions: list[Session], template: Path | None,
                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     info = pb.IngressInfo(ingress_id=f"IN_bench{n}", room_name=f"sessions-{n}",
                           participant_identity=f"bench-{n}",
                           input_type=pb.IngressInput.RTMP_INPUT)
     start = Start(livekit.url, participant_token(API_KEY, API_SECRET, info, f"RT_{n}"),
                   info.SerializeToString())
-    async with open_session_worker(start) as worker, trio.open_nursery() as nursery:
-        session = Session(worker)
+    spawned = trio.current_time()
+    opened = (open_session_worker(start) if template is None
+              else open_forked_worker(template, start))
+    async with opened as worker, trio.open_nursery() as nursery:
+        session = Session(worker, spawned)
         sessions.append(session)
         nursery.start_soon(collect, session)
         task_status.started()
         await feed(worker, events)
 
 
-async def bench(livekit: LiveKitServer, events: list[rtmp.Event], most: int) -> None:
+async def bench(livekit: LiveKitServer, events: list[rtmp.Event], most: int,
+                template: subprocess.Popen | None = None, template_path: Path | None = None
+                ) -> None:
     sessions: list[Session] = []
     print(f"{'sessions':>8} {'CPU cores':>9} {'SFU':>5} {'front':>5} {'idle':>5} "
-          f"{'RSS/session MB':>14} {'PSS/session MB':>14} {'drops in window':>15}")
+          f"{'RSS/session MB':>14} {'PSS/session MB':>14} {'start s':>7} "
+          f"{'drops in window':>15}")
     others = [livekit.proc.pid if livekit.proc else 0, os.getpid()]
     async with trio.open_nursery() as nursery:
         for n in range(1, most + 1):
-            await nursery.start(run_session, livekit, events, n, sessions)
+            await nursery.start(run_session, livekit, events, n, sessions, template_path)
             await trio.sleep(WARMUP)
             dead = [s.worker.failure for s in sessions if s.worker.exited.is_set()]
             if dead:
@@ -148,11 +168,13 @@ async def bench(livekit: LiveKitServer, events: list[rtmp.Event], most: int) -> 
             idle = (idle_seconds() - idle0) / WINDOW / (os.cpu_count() or 1)
             memory = [memory_bytes(p) for p in pids]
             rss, pss = (sum(m[i] for m in memory) / 1e6 / n for i in (0, 1))
+            if template is not None:  # the sessions' shares of the template's pages
+                pss += memory_bytes(template.pid)[1] / 1e6 / n
             await trio.sleep(0.5 + 5)  # a fresh stats report (every 5 s)
             drops = sum((s.drops() for s in sessions), collections.Counter()) - drops0
             shown = ", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "0"
             print(f"{n:>8} {cores:>9.2f} {sfu:>5.2f} {front:>5.2f} {idle:>5.0%} {rss:>14.0f} "
-                  f"{pss:>14.0f} {shown:>15}", flush=True)
+                  f"{pss:>14.0f} {sessions[-1].start_seconds:>7.2f} {shown:>15}", flush=True)
             if drops or cores > 1.9:
                 print(f"-> {n - 1 if drops else n} sessions in real time on this machine")
                 break
@@ -226,6 +248,8 @@ def main() -> None:
     parser.add_argument("--max", type=int, default=8)
     parser.add_argument("--ffmpeg", action="store_true",
                         help="add ffmpeg processes doing the same work, not workers")
+    parser.add_argument("--forked", action="store_true",
+                        help="fork the workers from a template that has done their imports")
     args = parser.parse_args()
     print("command:", " ".join(sys.argv))
     with tempfile.TemporaryDirectory() as tmp:
@@ -238,7 +262,11 @@ def main() -> None:
         livekit = LiveKitServer(Path(tmp))
         livekit.start()
         try:
-            trio.run(bench, livekit, events, args.max)
+            if args.forked:
+                with worker_template(Path(tmp), worker_environment()) as (template, path):
+                    trio.run(bench, livekit, events, args.max, template, path)
+            else:
+                trio.run(bench, livekit, events, args.max)
         finally:
             livekit.stop()
 
