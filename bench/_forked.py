@@ -25,9 +25,15 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
+
+if TYPE_CHECKING:  # the template itself imports only what a worker does
+    from relay.service.ingest.worker_client import SessionWorker
+    from relay.wire import Start
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,21 +58,25 @@ class ForkedProcess:
         signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
 
+@dataclass(frozen=True)
+class WorkerTemplate:
+    process: subprocess.Popen
+    path: Path  # the socket it takes requests on
+
+
 @contextmanager
-def worker_template(workdir: Path, environment: dict[str, str]
-                    ) -> Iterator[tuple[subprocess.Popen, Path]]:
-    """The template process and the socket it listens on (in `workdir`), until the
-    block ends."""
+def worker_template(workdir: Path, environment: dict[str, str]) -> Iterator[WorkerTemplate]:
+    """The template process, listening on a socket in `workdir` until the block ends."""
     path = workdir / "template.sock"
     with subprocess.Popen([sys.executable, __file__, str(path)], env=environment,
-                          cwd=ROOT, stdout=subprocess.PIPE, text=True) as template:
+                          cwd=ROOT, stdout=subprocess.PIPE, text=True) as process:
         try:
-            assert template.stdout is not None
-            if template.stdout.readline().strip() != "ready":
+            assert process.stdout is not None
+            if process.stdout.readline().strip() != "ready":
                 raise RuntimeError("the worker template did not start")
-            yield template, path
+            yield WorkerTemplate(process, path)
         finally:
-            template.kill()
+            process.kill()
 
 
 def fork_worker(template: Path) -> ForkedProcess:
@@ -83,21 +93,14 @@ def fork_worker(template: Path) -> ForkedProcess:
 
 
 @asynccontextmanager
-async def open_forked_worker(template: Path, start: object) -> AsyncIterator[object]:
+async def open_forked_worker(template: WorkerTemplate, start: Start
+                             ) -> AsyncIterator[SessionWorker]:
     """`open_session_worker`, with the worker forked from the template."""
-    from relay.service.ingest.worker_client import SessionWorker, _stop
+    from relay.service.ingest.worker_client import run_session_worker
 
-    process = fork_worker(template)
-    worker = SessionWorker(process)  # type: ignore[arg-type]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(worker._read_reports)
-        await worker.send(start)  # type: ignore[arg-type]
-        try:
-            yield worker
-        finally:
-            with trio.CancelScope(shield=True):
-                await _stop(worker)
-            nursery.cancel_scope.cancel()
+    process = fork_worker(template.path)
+    async with run_session_worker(process, start) as worker:  # type: ignore[arg-type]
+        yield worker
 
 
 def serve(path: str) -> None:

@@ -45,9 +45,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from livekit.protocol import ingress as pb
 
 import rtmp
-from bench._forked import open_forked_worker, worker_template
+from bench._forked import WorkerTemplate, open_forked_worker, worker_template
 from bench.rtmp import cpu_seconds
-from bench.transcode import ffmpeg_command, media_events, shift, udp_sinks
+from bench.transcode import (
+    ffmpeg_command,
+    media_events,
+    progress_media_seconds,
+    shift,
+    udp_sinks,
+)
 from relay.service.ingest.tokens import participant_token
 from relay.service.ingest.worker_client import (
     SessionWorker,
@@ -122,7 +128,7 @@ async def collect(session: Session) -> None:
 
 
 async def run_session(livekit: LiveKitServer, events: list[rtmp.Event], n: int,
-                      sessions: list[Session], template: Path | None,
+                      sessions: list[Session], template: WorkerTemplate | None,
                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     info = pb.IngressInfo(ingress_id=f"IN_bench{n}", room_name=f"sessions-{n}",
                           participant_identity=f"bench-{n}",
@@ -141,8 +147,7 @@ async def run_session(livekit: LiveKitServer, events: list[rtmp.Event], n: int,
 
 
 async def bench(livekit: LiveKitServer, events: list[rtmp.Event], most: int,
-                template: subprocess.Popen | None = None, template_path: Path | None = None
-                ) -> None:
+                template: WorkerTemplate | None = None) -> None:
     sessions: list[Session] = []
     print(f"{'sessions':>8} {'CPU cores':>9} {'SFU':>5} {'front':>5} {'idle':>5} "
           f"{'RSS/session MB':>14} {'PSS/session MB':>14} {'start s':>7} "
@@ -150,7 +155,7 @@ async def bench(livekit: LiveKitServer, events: list[rtmp.Event], most: int,
     others = [livekit.proc.pid if livekit.proc else 0, os.getpid()]
     async with trio.open_nursery() as nursery:
         for n in range(1, most + 1):
-            await nursery.start(run_session, livekit, events, n, sessions, template_path)
+            await nursery.start(run_session, livekit, events, n, sessions, template)
             await trio.sleep(WARMUP)
             dead = [s.worker.failure for s in sessions if s.worker.exited.is_set()]
             if dead:
@@ -169,7 +174,7 @@ async def bench(livekit: LiveKitServer, events: list[rtmp.Event], most: int,
             memory = [memory_bytes(p) for p in pids]
             rss, pss = (sum(m[i] for m in memory) / 1e6 / n for i in (0, 1))
             if template is not None:  # the sessions' shares of the template's pages
-                pss += memory_bytes(template.pid)[1] / 1e6 / n
+                pss += memory_bytes(template.process.pid)[1] / 1e6 / n
             await trio.sleep(0.5 + 5)  # a fresh stats report (every 5 s)
             drops = sum((s.drops() for s in sessions), collections.Counter()) - drops0
             shown = ", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "0"
@@ -194,9 +199,8 @@ class FfmpegSession:
     def _follow(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            key, _, value = line.strip().partition("=")
-            if key == "out_time_us" and value.isdigit():
-                self.reports.append((time.monotonic(), int(value) / 1e6))
+            if (seconds := progress_media_seconds(line)) is not None:
+                self.reports.append((time.monotonic(), seconds))
 
     def speed(self, since: float, until: float) -> float:
         """Media seconds output per wall second between two times, from the reports
@@ -263,8 +267,8 @@ def main() -> None:
         livekit.start()
         try:
             if args.forked:
-                with worker_template(Path(tmp), worker_environment()) as (template, path):
-                    trio.run(bench, livekit, events, args.max, template, path)
+                with worker_template(Path(tmp), worker_environment()) as template:
+                    trio.run(bench, livekit, events, args.max, template)
             else:
                 trio.run(bench, livekit, events, args.max)
         finally:

@@ -228,6 +228,12 @@ def udp_sinks(count: int) -> Iterator[list[int]]:
             sock.close()
 
 
+def progress_media_seconds(line: str) -> float | None:
+    """The media time ffmpeg has output, if `line` of its -progress output gives it."""
+    key, _, value = line.strip().partition("=")
+    return int(value) / 1e6 if key == "out_time_us" and value.isdigit() else None
+
+
 def run_ffmpeg(cmd: list[str]) -> tuple[float, float]:
     """(CPU seconds, media seconds) of `cmd` from WARMUP s of media on to its last report.
 
@@ -239,10 +245,9 @@ def run_ffmpeg(cmd: list[str]) -> tuple[float, float]:
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
-            key, _, value = line.strip().partition("=")
-            if key == "out_time_us" and value.isdigit():
-                media = int(value) / 1e6
-            elif key == "progress" and value == "continue" and media is not None:
+            if (seconds := progress_media_seconds(line)) is not None:
+                media = seconds
+            elif line.strip() == "progress=continue" and media is not None:
                 samples.append((media, cpu_seconds(proc.pid)))
     if proc.returncode != 0:
         raise subprocess.CalledProcessError(proc.returncode, cmd)

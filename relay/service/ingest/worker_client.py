@@ -150,6 +150,16 @@ async def open_session_worker(start: Start, *, limits: WorkerLimits | None = Non
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "relay.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         env=worker_environment(limits=limits))
+    async with run_session_worker(process, start) as worker:
+        yield worker
+
+
+@asynccontextmanager
+async def run_session_worker(process: trio.Process, start: Start
+                             ) -> AsyncIterator[SessionWorker]:
+    """A worker process that has just started, as a session: `Start` sent, its
+    reports read, and stopped (or killed) when the block ends. Apart from
+    `open_session_worker`, bench/_forked.py uses it for workers it forks itself."""
     worker = SessionWorker(process)
     try:
         with unwrap_single_exception():
