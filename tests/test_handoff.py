@@ -85,6 +85,11 @@ async def test_cancelling_ends_the_thread_after_its_item_dropping_the_rest() -> 
         nursery.start_soon(consume_in_thread, work, inbox, "worker")
         await trio.to_thread.run_sync(started.wait, 5)
         nursery.cancel_scope.cancel()
+        # the item in hand is released only once the cancellation has closed the
+        # inbox: released at once, the thread could take the next item first
+        with trio.CancelScope(shield=True):
+            while len(inbox):
+                await trio.sleep(0.001)
         release.set()
     assert done == [0]
     assert not inbox.put(9)  # closed
