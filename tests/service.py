@@ -152,7 +152,7 @@ def run_asyncio(coro: Awaitable[T]) -> T:
 
 
 def child_processes(pid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of the live child processes of `pid` (session workers)."""
+    """(pid, command line) of the live child processes of `pid`."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -165,3 +165,27 @@ def child_processes(pid: int) -> list[tuple[int, str]]:
         if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
             found.append((int(entry), cmdline.replace(b"\0", b" ").decode(errors="replace")))
     return found
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def session_workers(pid: int) -> list[int]:
+    """The live session workers of the service process `pid`: the children of its
+    worker template (relay/worker/template.py), by their process name."""
+    workers = []
+    for template, _ in child_processes(pid):
+        for child, _ in child_processes(template):
+            try:
+                name = Path(f"/proc/{child}/comm").read_text().strip()
+            except OSError:
+                continue
+            if name == "ingress-worker":
+                workers.append(child)
+    return workers

@@ -22,7 +22,7 @@ from livekit.protocol import ingress as pb
 
 from relay.service.ingest.rtmp_front import key_fingerprint
 from tests.livekit import free_port
-from tests.service import ServiceProcess, child_processes, run_asyncio
+from tests.service import ServiceProcess, run_asyncio, session_workers
 from tests.test_rtmp_ingest import Publisher, api, create, ffmpeg_cmd, state, url, wait_state
 from tests.test_whip_e2e import offer_with
 
@@ -47,16 +47,10 @@ def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     proc.stop()
 
 
-def children(pid: int) -> list[str]:
-    """Command lines of the live child processes of `pid` (session workers)."""
-    return [cmdline for _, cmdline in child_processes(pid)]
-
-
 def assert_no_worker_ran(svc: ServiceProcess, ingress_id: str) -> None:
     assert not re.search(rf"of {ingress_id}.*(publishing to room|pulling into room)",
                          svc.log())
-    assert svc.proc is not None and not [c for c in children(svc.proc.pid)
-                                         if "relay.worker" in c]
+    assert svc.proc is not None and not session_workers(svc.proc.pid)
 
 
 def assert_no_worker(svc: ServiceProcess, ingress_id: str) -> None:

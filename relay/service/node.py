@@ -42,7 +42,7 @@ from .ingest.registry import SessionRegistry
 from .ingest.rtmp_front import RtmpFront, RtmpSettings, load_ssl_context
 from .ingest.url_front import UrlFront
 from .ingest.whip_front import WhipFront
-from .ingest.worker_client import open_session_worker
+from .ingest.worker_client import open_session_worker, warm_worker_template
 from .loop_lag import watch_loop_lag
 from .status import NodeStatus
 
@@ -127,6 +127,7 @@ async def serve(config: Config, *, stop: trio.Event | None = None,
                            draining=lambda: status.draining, launch=launch)
         pulls = whip = None
         if workers is not None:
+            nursery.start_soon(warm_worker_template)
             pulls = UrlFront(host)
             await nursery.start(pulls.run)
             node_ip = config.rtc_config.node_ip

@@ -1,9 +1,10 @@
 """The session worker process: read `Start`, run the session's input, exit.
 
-Runs as a child process of the service (`python -m relay.worker`), one per live
-session: FFmpeg's decoders are C and may crash or hang on hostile input, and one
-Python process runs on one core. A crash here ends this session only; the
-service sees the exit and records ERROR.
+Runs in a process of its own, one per live session, forked by the worker
+template (template.py) or started as `python -m relay.worker`: FFmpeg's decoders
+are C and may crash or hang on hostile input, and one Python process runs on one
+core. A crash here ends this session only; the service sees the exit and records
+ERROR.
 
 Protocol (relay/wire.py, msgpack on stdin/stdout): the front sends `Start`, then
 media events (RTMP), then `EndOfStream` (or just closes stdin); the worker sends
@@ -37,7 +38,6 @@ from .whip_input import run_whip
 
 log = logging.getLogger("relay.worker")
 
-PARENT_CHECK_INTERVAL = 0.5
 SERVICE_PID = "INGRESS_SERVICE_PID"  # set by the service: it may be gone before we look
 
 
@@ -126,10 +126,18 @@ def main() -> int:
 async def exit_with_the_service(service_pid: int) -> None:
     """Leave at once when the service process is gone (killed, crashed), whatever the
     session is doing: its stdin EOF is only read between media, not while joining the
-    room. (PR_SET_PDEATHSIG would follow the thread that spawned the worker, and trio
-    spawns from its thread cache, whose threads come and go.)"""
-    while os.getppid() == service_pid:
-        await trio.sleep(PARENT_CHECK_INTERVAL)
+    room. The service is watched through a pidfd, not as our parent: a worker forked
+    by the template (template.py) is the template's child. (PR_SET_PDEATHSIG would
+    follow the parent too.)"""
+    try:
+        pidfd = os.pidfd_open(service_pid)
+    except ProcessLookupError:
+        pidfd = None
+    try:
+        if pidfd is not None:
+            await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
     log.warning("the service process %d is gone: leaving", service_pid)
     os._exit(3)
-

@@ -1,7 +1,8 @@
 """The service's side of a session worker process (relay/worker/main.py).
 
-`open_session_worker()` starts the child, sends it `Start`, and yields a
-`SessionWorker` to feed media events to and read state reports from. Leaving the
+`open_session_worker()` has the worker template fork the worker
+(worker_template.py), sends it `Start`, and yields a `SessionWorker` to feed
+media events to and read state reports from. Leaving the
 block ends the child: EndOfStream and closed stdin first (it leaves the room
 cleanly), a kill if it has not exited within `EXIT_GRACE` seconds. The block never
 outlives the child, and a crash of the child never raises into the service: it
@@ -14,10 +15,9 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 import trio
 
@@ -36,6 +36,7 @@ from relay.wire import (
 )
 
 from ..trio_util import unwrap_single_exception
+from .worker_template import TemplateError, fork_worker, worker_template
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,22 @@ EXIT_GRACE = 2.0
 REPORT_QUEUE = 64
 
 
+class WorkerProcess(Protocol):
+    """What a session needs of its worker's process: a `trio.Process`, or a
+    `ForkedWorker` (worker_template.py)."""
+
+    pid: int
+    returncode: int | None
+    stdin: trio.abc.SendStream | None
+    stdout: trio.abc.ReceiveStream | None
+
+    async def wait(self) -> int: ...
+
+    def kill(self) -> None: ...
+
+
 class SessionWorker:
-    def __init__(self, process: trio.Process) -> None:
+    def __init__(self, process: WorkerProcess) -> None:
         self.process = process
         self.failure = ""  # why the worker failed, once it has
         self._reports_send, self.reports = trio.open_memory_channel[StateReport](REPORT_QUEUE)
@@ -144,22 +159,36 @@ def worker_environment(environ: Mapping[str, str] | None = None,
         "INGRESS_SERVICE_PID": str(os.getpid())}
 
 
+async def warm_worker_template() -> None:
+    """Start the worker template now (its imports, in a thread), so that the first
+    session does not wait for it; a failure is logged and the first session tries
+    again."""
+    try:
+        await trio.to_thread.run_sync(worker_template(worker_environment()).warm)
+    except TemplateError as exc:
+        log.warning("%s", exc)
+
+
 @asynccontextmanager
 async def open_session_worker(start: Start, *, limits: WorkerLimits | None = None
                               ) -> AsyncIterator[SessionWorker]:
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "relay.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        env=worker_environment(limits=limits))
-    async with run_session_worker(process, start) as worker:
-        yield worker
+    template = worker_template(worker_environment())
+    process = await fork_worker(template, (limits or WorkerLimits()).environment())
+    try:
+        async with run_session_worker(process, start) as worker:
+            yield worker
+    finally:
+        if process.returncode is not None and process.returncode < 0:
+            # killed by a signal (a crash, or by us): the next worker gets a new layout
+            template.retire()
+        await process.aclose()
 
 
 @asynccontextmanager
-async def run_session_worker(process: trio.Process, start: Start
+async def run_session_worker(process: WorkerProcess, start: Start
                              ) -> AsyncIterator[SessionWorker]:
     """A worker process that has just started, as a session: `Start` sent, its
-    reports read, and stopped (or killed) when the block ends. Apart from
-    `open_session_worker`, bench/_forked.py uses it for workers it forks itself."""
+    reports read, and stopped (or killed) when the block ends."""
     worker = SessionWorker(process)
     try:
         with unwrap_single_exception():
