@@ -58,7 +58,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from bench.latency import (
-    children,
     cpu_seconds,
     create_ingress,
     inbound_stats,
@@ -67,6 +66,7 @@ from bench.latency import (
     run_options,
     start_harness,
 )
+from tests.service import session_workers
 
 W, H, FPS = 1280, 720, 30
 RATE = 48_000
@@ -374,7 +374,7 @@ def run(args: argparse.Namespace) -> None:
             pids = {"service": service.proc.pid, "livekit-server": livekit.proc.pid,
                     "ffmpeg": publisher.pid, "subscriber": viewer.pid}
             pids.update({f"worker{i or ''}": w
-                         for i, w in enumerate(children(service.proc.pid))})
+                         for i, w in enumerate(session_workers(service.proc.pid))})
             cpu0, jiffies0, t0 = ({k: cpu_seconds(p) for k, p in pids.items()},
                                   busy_jiffies(), time.monotonic())
             time.sleep(args.seconds - 1)

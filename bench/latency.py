@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from bench import _stamp
+from tests.service import session_workers
 
 if TYPE_CHECKING:
     from tests.livekit import LiveKitServer
@@ -309,14 +310,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
-def children(pid: int) -> list[int]:
-    try:
-        return [int(c) for t in os.listdir(f"/proc/{pid}/task")
-                for c in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 # -- the run ----------------------------------------------------------------------------------
 
 
@@ -442,7 +435,7 @@ def run(args: argparse.Namespace) -> None:
             while not viewer.frames and publisher.poll() is None:
                 time.sleep(0.05)
             time.sleep(args.warmup)
-            workers = children(service.proc.pid)
+            workers = session_workers(service.proc.pid)
             pids.update({f"worker{'' if i == 0 else i}": w for i, w in enumerate(workers)})
             cpu0, t0 = {k: cpu_seconds(p) for k, p in pids.items()}, time.monotonic()
             time.sleep(args.seconds)

@@ -19,10 +19,11 @@ tool, in the same hour. ffmpeg does not drop pictures, it falls behind: a step h
 while every process keeps >= 98% of real time (its -progress media time) over the
 window.
 
-With --forked the workers are forked from a template process that has done their
-imports (bench/_forked.py), not started with `python -m relay.worker`: what a fork
-server would save in memory and start-up time. The PSS per session then includes
-each session's share of the template's.
+The workers are forked by the service's worker template (relay/worker/template.py),
+as in the service, and the PSS per session includes each session's share of the
+template's pages. With --exec each worker is started as `python -m relay.worker`
+instead, as before the template: what the template saves in memory and start-up
+time (the `start s` column: from asking for the worker to its first track).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -45,7 +48,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from livekit.protocol import ingress as pb
 
 import rtmp
-from bench._forked import WorkerTemplate, open_forked_worker, worker_template
 from bench.rtmp import cpu_seconds
 from bench.transcode import (
     ffmpeg_command,
@@ -58,8 +60,11 @@ from relay.service.ingest.tokens import participant_token
 from relay.service.ingest.worker_client import (
     SessionWorker,
     open_session_worker,
+    run_session_worker,
+    warm_worker_template,
     worker_environment,
 )
+from relay.service.ingest.worker_template import worker_template
 from relay.wire import Start, StateReport
 from relay.worker.layers import fit_layers, video_encoding
 from tests.livekit import API_KEY, API_SECRET, LiveKitServer
@@ -127,8 +132,21 @@ async def collect(session: Session) -> None:
             session.start_seconds = trio.current_time() - session.spawned
 
 
+@asynccontextmanager
+async def open_started_worker(start: Start) -> AsyncIterator[SessionWorker]:
+    """A worker started as its own program, as before the worker template."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "relay.worker"], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, env=worker_environment())
+    try:
+        async with run_session_worker(process, start) as worker:
+            yield worker
+    finally:
+        await process.aclose()
+
+
 async def run_session(livekit: LiveKitServer, events: list[rtmp.Event], n: int,
-                      sessions: list[Session], template: WorkerTemplate | None,
+                      sessions: list[Session], started: bool,
                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     info = pb.IngressInfo(ingress_id=f"IN_bench{n}", room_name=f"sessions-{n}",
                           participant_identity=f"bench-{n}",
@@ -136,8 +154,7 @@ async def run_session(livekit: LiveKitServer, events: list[rtmp.Event], n: int,
     start = Start(livekit.url, participant_token(API_KEY, API_SECRET, info, f"RT_{n}"),
                   info.SerializeToString())
     spawned = trio.current_time()
-    opened = (open_session_worker(start) if template is None
-              else open_forked_worker(template, start))
+    opened = open_started_worker(start) if started else open_session_worker(start)
     async with opened as worker, trio.open_nursery() as nursery:
         session = Session(worker, spawned)
         sessions.append(session)
@@ -147,15 +164,17 @@ async def run_session(livekit: LiveKitServer, events: list[rtmp.Event], n: int,
 
 
 async def bench(livekit: LiveKitServer, events: list[rtmp.Event], most: int,
-                template: WorkerTemplate | None = None) -> None:
+                started: bool) -> None:
     sessions: list[Session] = []
     print(f"{'sessions':>8} {'CPU cores':>9} {'SFU':>5} {'front':>5} {'idle':>5} "
           f"{'RSS/session MB':>14} {'PSS/session MB':>14} {'start s':>7} "
           f"{'drops in window':>15}")
     others = [livekit.proc.pid if livekit.proc else 0, os.getpid()]
+    if not started:  # as the service does when it starts
+        await warm_worker_template()
     async with trio.open_nursery() as nursery:
         for n in range(1, most + 1):
-            await nursery.start(run_session, livekit, events, n, sessions, template)
+            await nursery.start(run_session, livekit, events, n, sessions, started)
             await trio.sleep(WARMUP)
             dead = [s.worker.failure for s in sessions if s.worker.exited.is_set()]
             if dead:
@@ -173,8 +192,9 @@ async def bench(livekit: LiveKitServer, events: list[rtmp.Event], most: int,
             idle = (idle_seconds() - idle0) / WINDOW / (os.cpu_count() or 1)
             memory = [memory_bytes(p) for p in pids]
             rss, pss = (sum(m[i] for m in memory) / 1e6 / n for i in (0, 1))
-            if template is not None:  # the sessions' shares of the template's pages
-                pss += memory_bytes(template.process.pid)[1] / 1e6 / n
+            template = worker_template(worker_environment()).pid
+            if not started and template is not None:  # the sessions' shares of its pages
+                pss += memory_bytes(template)[1] / 1e6 / n
             await trio.sleep(0.5 + 5)  # a fresh stats report (every 5 s)
             drops = sum((s.drops() for s in sessions), collections.Counter()) - drops0
             shown = ", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "0"
@@ -252,8 +272,9 @@ def main() -> None:
     parser.add_argument("--max", type=int, default=8)
     parser.add_argument("--ffmpeg", action="store_true",
                         help="add ffmpeg processes doing the same work, not workers")
-    parser.add_argument("--forked", action="store_true",
-                        help="fork the workers from a template that has done their imports")
+    parser.add_argument("--exec", action="store_true",
+                        help="start each worker as `python -m relay.worker`, not forked "
+                             "by the worker template")
     args = parser.parse_args()
     print("command:", " ".join(sys.argv))
     with tempfile.TemporaryDirectory() as tmp:
@@ -266,11 +287,7 @@ def main() -> None:
         livekit = LiveKitServer(Path(tmp))
         livekit.start()
         try:
-            if args.forked:
-                with worker_template(Path(tmp), worker_environment()) as template:
-                    trio.run(bench, livekit, events, args.max, template)
-            else:
-                trio.run(bench, livekit, events, args.max)
+            trio.run(bench, livekit, events, args.max, args.exec)
         finally:
             livekit.stop()
 

@@ -55,7 +55,6 @@ from bench.latency import (
     H,
     Subscriber,
     W,
-    children,
     cpu_seconds,
     create_ingress,
     describe,
@@ -68,6 +67,7 @@ from bench.latency import (
 )
 from bench.sessions import memory_bytes
 from tests import whip_client
+from tests.service import session_workers
 
 if TYPE_CHECKING:
     from tests.service import ServiceProcess
@@ -155,7 +155,7 @@ def latency_once(service: ServiceProcess, livekit_url: str, livekit_pid: int,
         pids = {"service": service.proc.pid, "livekit-server": livekit_pid,
                 "publisher": publisher.pid}
         pids.update({f"worker{'' if i == 0 else i}": w
-                     for i, w in enumerate(children(service.proc.pid))})
+                     for i, w in enumerate(session_workers(service.proc.pid))})
         cpu0, t0 = {k: cpu_seconds(p) for k, p in pids.items()}, time.monotonic()
         time.sleep(args.seconds)
         cpu1, t1 = {k: cpu_seconds(p) for k, p in pids.items()}, time.monotonic()
@@ -270,7 +270,7 @@ async def run_step(service: ServiceProcess, keys: list[str], units: list[bytes],
     publishers: list[Publisher] = []
     ramp0 = time.monotonic()
     for key in keys:
-        before = set(children(svc))
+        before = set(session_workers(svc))
         track = H264FileTrack(units)
         task = asyncio.create_task(whip_client.publish(
             f"{service.url}/w/{key}", seconds=3600, video_codec="H264", audio=args.audio,
@@ -280,7 +280,7 @@ async def run_step(service: ServiceProcess, keys: list[str], units: list[bytes],
         started = asyncio.create_task(track.started.wait())
         await asyncio.wait([started, task], timeout=30, return_when=asyncio.FIRST_COMPLETED)
         started.cancel()
-        new = set(children(svc)) - before
+        new = set(session_workers(svc)) - before
         publisher.worker = new.pop() if len(new) == 1 else 0
     ramp = time.monotonic() - ramp0
     await asyncio.sleep(args.warmup)
@@ -328,7 +328,7 @@ async def run_step(service: ServiceProcess, keys: list[str], units: list[bytes],
             print(f"   worker {p.worker}: sent {p.track.sent}, in {got}, to the room "
                   f"{to_room}, dropped {dropped} ({reason})")
     for _ in range(100):  # the workers of this step exit before the next starts
-        if not children(svc):
+        if not session_workers(svc):
             break
         await asyncio.sleep(0.1)
     return held
