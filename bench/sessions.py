@@ -138,11 +138,8 @@ async def open_started_worker(start: Start) -> AsyncIterator[SessionWorker]:
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "relay.worker"], stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, env=worker_environment())
-    try:
-        async with run_session_worker(process, start) as worker:
-            yield worker
-    finally:
-        await process.aclose()
+    async with run_session_worker(process, start) as worker:
+        yield worker
 
 
 async def run_session(livekit: LiveKitServer, events: list[rtmp.Event], n: int,
