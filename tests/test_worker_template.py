@@ -16,7 +16,12 @@ import pytest
 import trio
 
 from relay.service.ingest.worker_client import open_session_worker, worker_environment
-from relay.service.ingest.worker_template import WorkerTemplate, fork_worker, worker_template
+from relay.service.ingest.worker_template import (
+    TemplateError,
+    WorkerTemplate,
+    fork_worker,
+    worker_template,
+)
 from relay.wire import Start
 from tests.service import alive
 
@@ -114,3 +119,10 @@ async def test_a_worker_killed_by_a_signal_retires_the_template() -> None:
             after = worker_template(worker_environment()).pid
             assert after not in (None, before)
             assert parent(worker.process.pid) == after
+
+
+async def test_a_template_that_cannot_start_is_a_clear_error() -> None:
+    """A session then ends in ERROR with this text (lifetime.py), not a crash."""
+    broken = WorkerTemplate({"PYTHONHOME": "/nonexistent"})  # Python cannot start
+    with pytest.raises(TemplateError, match="the worker template did not start"):
+        await fork_worker(broken, {})

@@ -64,6 +64,7 @@ from .control import ControlPlane, StateWrite
 from .registry import LiveSession, SessionRegistry
 from .tokens import participant_token
 from .worker_client import SessionWorker, open_session_worker
+from .worker_template import TemplateError
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,8 @@ class SessionHost:
 
         Raises Refused instead of running the block (capacity, ingress gone, stopped
         or failed while starting). The block's own failures end the session, never
-        the caller: SessionFailure's text becomes the error, any other exception is
+        the caller: the text of a SessionFailure (or of a TemplateError: no worker
+        could be forked) becomes the error, any other exception is
         logged as a bug and recorded as "internal error". Cancellation (stop,
         takeover, shutdown) ends it quietly. `promise`: capacity reserved already
         (a URL pull is admitted when CreateIngress asks for it), not decided again.
@@ -288,7 +290,7 @@ class SessionHost:
                         live.fail(worker.failure)
             except Refused:
                 raise
-            except SessionFailure as exc:
+            except (SessionFailure, TemplateError) as exc:  # no worker: the session ends
                 live.fail(str(exc))
             except Exception as exc:  # a bug (ours or a library's): end this session only
                 log.exception("%s: unexpected error", who)

@@ -178,10 +178,12 @@ async def open_session_worker(start: Start, *, limits: WorkerLimits | None = Non
         async with run_session_worker(process, start) as worker:
             yield worker
     finally:
-        if process.returncode is not None and process.returncode < 0:
-            # killed by a signal (a crash, or by us): the next worker gets a new layout
-            template.retire()
-        await process.aclose()
+        with trio.CancelScope(shield=True):
+            if process.returncode is not None and process.returncode < 0:
+                # killed by a signal (a crash, or by us): the next worker gets a new
+                # layout (in a thread: a template may be starting, holding its lock)
+                await trio.to_thread.run_sync(template.retire)
+            await process.aclose()
 
 
 @asynccontextmanager
