@@ -96,7 +96,13 @@ def _fork(request: bytes, fds: list[int], control: socket.socket,
         for fd in fds:
             os.close(fd)
         return None
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # no memory, no pids: this request fails (its socket closes), not us
+        for fd in (stdin, stdout):
+            os.close(fd)
+        status.close()
+        return None
     if pid == 0:
         _set_name(WORKER_NAME)
         # the template's descriptors are not the worker's: close this process' copies

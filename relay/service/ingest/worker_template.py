@@ -116,7 +116,10 @@ class WorkerTemplate:
                         if attempt == 2:
                             raise TemplateError(f"the worker template failed: {exc}") from exc
             ours.settimeout(START_TIMEOUT)
-            answer = ours.recv(64)
+            try:
+                answer = ours.recv(64)
+            except OSError as exc:  # no answer in time
+                raise TemplateError(f"the worker template did not answer: {exc}") from exc
             if not answer.startswith(b"pid "):
                 raise TemplateError("the worker template did not fork the worker")
             ours.settimeout(None)
